@@ -1,0 +1,33 @@
+# The plain runner. `make repro` and `make test` set up .venv first when it is missing.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup repro test test-fast lint format clean-env
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: pyproject.toml scripts/setup-env
+	scripts/setup-env
+
+repro: $(VENV)/.ready ## run the whole pipeline (dvc repro) on the active data source
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: $(VENV)/.ready ## lint + every test, slow ones included (what CI runs)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.ready ## the fast tests only
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.ready
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.ready
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,445 @@
+"""The run configuration: frozen dataclasses and ``load_config``, the only reader of params.yaml.
+
+A resolved :class:`Config` is the active profile's numbers, overridden by the non-null values of
+the top-level sections of params.yaml, then by the chosen setting's own keys. It never changes
+after it is built; derived values (scale shapes, number of scales) come from pure functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES = ("smoke", "cpu", "paper")
+DATA_SOURCES = ("phantom", "luna16")
+MODELS = ("3d", "2d")
+SETTING_LETTERS = ("A", "B", "C", "D")
+SETTINGS = tuple(f"{m}-{s}" for m in MODELS for s in SETTING_LETTERS)
+LOSS_TERMS = ("adversarial", "reconstruction", "projection", "segmentation")
+ADVERSARIAL_LOSSES = ("lsgan", "wgangp", "zerogp")
+PROJECTION_MODES = ("mean", "edge")
+PRECISIONS = ("float32", "bf16", "reference")
+DEVICES = ("auto", "cpu", "cuda")
+
+# The HU window of the paper: [-1000, 1000] HU is mapped to [0, 1] for metrics (ctgan-facts §1).
+HU_MIN = -1000.0
+HU_MAX = 1000.0
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0; got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the scans come from. ``source`` picks the phantom or a LUNA16 folder."""
+
+    source: str = "phantom"
+    phantom_dir: str = "data/phantom"
+    phantom_scans: int = 4
+    phantom_seed: int = 0
+    phantom_size: int = 256
+    luna16_dir: str = "data/luna16"
+    seriesuid: str = ""
+
+    def __post_init__(self) -> None:
+        _choice("data.source", self.source, DATA_SOURCES)
+        if self.phantom_scans < 1:
+            raise ValueError(f"data.phantom_scans must be >= 1; got {self.phantom_scans}")
+        if self.phantom_size < 64:
+            raise ValueError(f"data.phantom_size must be >= 64 voxels; got {self.phantom_size}")
+
+    @property
+    def root(self) -> Path:
+        """The LUNA16-layout folder of the active source."""
+        return Path(self.phantom_dir if self.source == "phantom" else self.luna16_dir)
+
+
+@dataclass(frozen=True)
+class PyramidConfig:
+    """The scale pyramid: in-plane size S_s = int(min_size * scale_factor**s), depth int(S_s / depth_ratio)."""
+
+    min_size: int = 28
+    max_size: int = 140
+    scale_factor: float = 1.5
+    depth_ratio: float = 6.0
+
+    def __post_init__(self) -> None:
+        if self.min_size < 8:
+            raise ValueError(f"pyramid.min_size must be >= 8 voxels; got {self.min_size}")
+        if self.max_size < self.min_size:
+            raise ValueError(
+                f"pyramid.max_size ({self.max_size}) must be >= pyramid.min_size ({self.min_size})"
+            )
+        if not self.scale_factor > 1:
+            raise ValueError(
+                f"pyramid.scale_factor must be > 1 (each scale larger than the last); "
+                f"got {self.scale_factor}"
+            )
+        _positive("pyramid.depth_ratio", self.depth_ratio)
+        if int(self.min_size / self.depth_ratio) < 1:
+            raise ValueError(
+                f"pyramid.depth_ratio {self.depth_ratio} gives depth 0 at min_size "
+                f"{self.min_size}; use depth_ratio <= {self.min_size}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Progressive GAN training (paper defaults in the `paper` profile, ctgan-facts §4)."""
+
+    iterations_per_scale: int = 1000
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    lr_decay_fraction: float = 0.8
+    lr_decay_factor: float = 0.1
+    g_steps: int = 3
+    d_steps: int = 3
+    adversarial_loss: str = "lsgan"
+    projection_mode: str = "mean"
+    generator_channels: int = 32
+    discriminator_channels: int = 16
+    slice_generator_channels: int = 256
+    precision: str = "float32"
+    device: str = "auto"
+    seeds: int = 1
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("iterations_per_scale", "g_steps", "d_steps", "seeds", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("generator_channels", "discriminator_channels", "slice_generator_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1; got {getattr(self, name)}")
+        _positive("train.lr", self.lr)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1); got {list(self.betas)}")
+        if not 0 < self.lr_decay_fraction <= 1:
+            raise ValueError(
+                f"train.lr_decay_fraction must be in (0, 1]; got {self.lr_decay_fraction}"
+            )
+        _positive("train.lr_decay_factor", self.lr_decay_factor)
+        _choice("train.adversarial_loss", self.adversarial_loss, ADVERSARIAL_LOSSES)
+        _choice("train.projection_mode", self.projection_mode, PROJECTION_MODES)
+        _choice("train.precision", self.precision, PRECISIONS)
+        _choice("train.device", self.device, DEVICES)
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """The frozen segmenter behind the segmentation term (a small 3D U-Net)."""
+
+    crop_size: tuple[int, int, int] = (16, 96, 96)
+    base_channels: int = 16
+    iterations: int = 3000
+    batch_size: int = 4
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if len(self.crop_size) != 3 or any(int(c) < 4 for c in self.crop_size):
+            raise ValueError(
+                f"segmenter.crop_size must be [D, H, W] with each >= 4; got {list(self.crop_size)}"
+            )
+        for name in ("base_channels", "iterations", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"segmenter.{name} must be >= 1; got {getattr(self, name)}")
+        _positive("segmenter.lr", self.lr)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    num_samples: int = 16
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 2:
+            raise ValueError(
+                f"evaluate.num_samples must be >= 2 (diversity needs pairs); got {self.num_samples}"
+            )
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the non-adversarial terms and of the discriminator's penalty (GP or R1)."""
+
+    reconstruction: float
+    projection: float
+    segmentation: float
+    penalty: float
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 0:
+                raise ValueError(f"loss weight {f.name} must be >= 0; got {getattr(self, f.name)}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A resolved run: profile + overrides (+ a setting, for training and evaluation)."""
+
+    profile: str
+    data: DataConfig
+    pyramid: PyramidConfig
+    train: TrainConfig
+    segmenter: SegmenterConfig
+    evaluate: EvaluateConfig
+    loss_weights: LossWeights
+    setting: str | None = None
+    terms: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _choice("profile", self.profile, PROFILES)
+        if self.setting is not None:
+            _choice("setting", self.setting, SETTINGS)
+        for term in self.terms:
+            _choice("settings term", term, LOSS_TERMS)
+
+    @property
+    def model(self) -> str | None:
+        """'3d' or '2d' (from the setting's name), None when no setting is chosen."""
+        return None if self.setting is None else self.setting.split("-")[0]
+
+    def uses(self, term: str) -> bool:
+        _choice("loss term", term, LOSS_TERMS)
+        return term in self.terms
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; ``config_from_dict`` inverts it."""
+        return _to_plain(dataclasses.asdict(self))
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a Config from plain dicts, with checks at the boundary.
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "pyramid": PyramidConfig,
+    "train": TrainConfig,
+    "segmenter": SegmenterConfig,
+    "evaluate": EvaluateConfig,
+}
+_PROFILE_SECTIONS = ("pyramid", "train", "segmenter", "evaluate")
+_TOP_KEYS = ("profile", "data", *_PROFILE_SECTIONS, "settings", "loss_weights", "profiles")
+
+
+def _check_keys(where: str, given: Mapping[str, Any], valid: tuple[str, ...] | list[str]) -> None:
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
+            f"{where}; valid keys: {', '.join(valid)}"
+        )
+
+
+def _coerce(where: str, value: Any, annotation: str) -> Any:
+    """Check one value against its dataclass annotation (as a string) and convert it."""
+    ann = annotation.replace(" ", "")
+    if ann == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false; got {value!r}")
+        return value
+    if ann == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer; got {value!r} ({type(value).__name__})")
+        return value
+    if ann == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number; got {value!r} ({type(value).__name__})")
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be finite; got {value!r}")
+        return float(value)
+    if ann == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string; got {value!r} ({type(value).__name__})")
+        return value
+    if ann.startswith("tuple["):
+        inner = ann[len("tuple[") : -1].split(",")
+        if not isinstance(value, (list, tuple)) or len(value) != len(inner):
+            raise ValueError(f"{where} must be a list of {len(inner)} values; got {value!r}")
+        return tuple(
+            _coerce(f"{where}[{i}]", v, t)
+            for i, (v, t) in enumerate(zip(value, inner, strict=True))
+        )
+    raise AssertionError(f"unsupported annotation {annotation}")  # internal invariant
+
+
+def _build(cls: type, where: str, values: Mapping[str, Any]) -> Any:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where} must be a mapping of keys to values; got {values!r}")
+    names = [f.name for f in fields(cls)]
+    _check_keys(where, values, names)
+    kwargs = {
+        f.name: _coerce(f"{where}.{f.name}", values[f.name], str(f.type))
+        for f in fields(cls)
+        if f.name in values
+    }
+    return cls(**kwargs)
+
+
+def _section_values(where: str, values: Any, cls: type) -> dict[str, Any]:
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where} must be a mapping of keys to values; got {values!r}")
+    _check_keys(where, values, [f.name for f in fields(cls)])
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def resolve_config(
+    params: Mapping[str, Any],
+    *,
+    setting: str | None = None,
+    profile: str | None = None,
+) -> Config:
+    """Resolve a params mapping (the content of params.yaml) into a frozen :class:`Config`."""
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params must be a mapping; got {type(params).__name__}")
+    _check_keys("params.yaml", params, _TOP_KEYS)
+    profile = profile if profile is not None else params.get("profile", "cpu")
+    _choice("profile", profile, PROFILES)
+    profiles = params.get("profiles") or {}
+    if not isinstance(profiles, Mapping):
+        raise ValueError("profiles must be a mapping of profile name to its sections")
+    _check_keys("profiles", profiles, PROFILES)
+    if profile not in profiles:
+        raise ValueError(
+            f"profile {profile!r} is not defined under profiles in params.yaml; "
+            f"defined: {', '.join(profiles) or 'none'}"
+        )
+    prof = profiles[profile] or {}
+    _check_keys(f"profiles.{profile}", prof, _PROFILE_SECTIONS)
+
+    merged: dict[str, dict[str, Any]] = {}
+    for name in _PROFILE_SECTIONS:
+        cls = _SECTIONS[name]
+        merged[name] = _section_values(f"profiles.{profile}.{name}", prof.get(name), cls)
+        merged[name].update(_section_values(name, params.get(name), cls))
+    merged["data"] = _section_values("data", params.get("data"), DataConfig)
+
+    terms: tuple[str, ...] = ()
+    if setting is not None:
+        _choice("setting", setting, SETTINGS)
+        settings = params.get("settings") or {}
+        if not isinstance(settings, Mapping):
+            raise ValueError("settings must be a mapping of setting name to its terms")
+        _check_keys("settings", settings, SETTINGS)
+        if setting not in settings:
+            raise ValueError(
+                f"setting {setting!r} is not defined under settings in params.yaml; "
+                f"defined: {', '.join(settings) or 'none'}"
+            )
+        entry = settings[setting] or {}
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"settings.{setting} must be a mapping with a 'terms' list")
+        train_keys = [f.name for f in fields(TrainConfig)]
+        _check_keys(f"settings.{setting}", entry, ["terms", *train_keys])
+        raw_terms = entry.get("terms")
+        if not isinstance(raw_terms, list) or not raw_terms:
+            raise ValueError(
+                f"settings.{setting}.terms must be a non-empty list of {', '.join(LOSS_TERMS)}; "
+                f"got {raw_terms!r}"
+            )
+        for term in raw_terms:
+            _choice(f"settings.{setting}.terms", term, LOSS_TERMS)
+        if "adversarial" not in raw_terms:
+            raise ValueError(
+                f"settings.{setting}.terms must include 'adversarial' (every row of the paper "
+                f"has it); got {raw_terms}"
+            )
+        terms = tuple(t for t in LOSS_TERMS if t in raw_terms)
+        merged["train"].update({k: v for k, v in entry.items() if k != "terms"})
+
+    built = {name: _build(_SECTIONS[name], name, merged[name]) for name in _SECTIONS}
+
+    weights_all = params.get("loss_weights") or {}
+    if not isinstance(weights_all, Mapping):
+        raise ValueError("loss_weights must be a mapping of adversarial loss to weights")
+    _check_keys("loss_weights", weights_all, ADVERSARIAL_LOSSES)
+    adversarial = built["train"].adversarial_loss
+    if adversarial not in weights_all:
+        raise ValueError(
+            f"loss_weights.{adversarial} is missing from params.yaml "
+            f"(needed by train.adversarial_loss={adversarial!r})"
+        )
+    weights = _build(LossWeights, f"loss_weights.{adversarial}", weights_all[adversarial])
+    return Config(profile=profile, loss_weights=weights, setting=setting, terms=terms, **built)
+
+
+def load_config(
+    path: str | Path = "params.yaml",
+    *,
+    setting: str | None = None,
+    profile: str | None = None,
+) -> Config:
+    """Read params.yaml and resolve it for ``profile`` (default: its ``profile:`` key) and ``setting``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"params file {path} not found; run from the repository root or pass the path "
+            f"of params.yaml"
+        )
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    return resolve_config(params or {}, setting=setting, profile=profile)
+
+
+def config_from_dict(values: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from :meth:`Config.to_dict` output (e.g. a checkpoint's config.json)."""
+    _check_keys("config", values, [f.name for f in fields(Config)])
+    built = {name: _build(cls, name, values.get(name, {})) for name, cls in _SECTIONS.items()}
+    weights = _build(LossWeights, "loss_weights", values.get("loss_weights", {}))
+    return Config(
+        profile=values.get("profile", "cpu"),
+        loss_weights=weights,
+        setting=values.get("setting"),
+        terms=tuple(values.get("terms", ())),
+        **built,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived values: pure functions of the config.
+
+
+def num_scales(pyramid: PyramidConfig) -> int:
+    """Number of scales: round(ln(max/min) / ln(factor)) + 1 (paper: 5, sizes 28..141)."""
+    return round(math.log(pyramid.max_size / pyramid.min_size) / math.log(pyramid.scale_factor)) + 1
+
+
+def scale_shapes(pyramid: PyramidConfig) -> list[tuple[int, int, int]]:
+    """(D, H, W) of every scale, coarsest first: S_s = int(min * factor**s), D_s = int(S_s / ratio).
+
+    Paper: (4, 28, 28), (7, 42, 42), (10, 63, 63), (15, 94, 94), (23, 141, 141).
+    """
+    shapes = []
+    for s in range(num_scales(pyramid)):
+        size = int(pyramid.min_size * pyramid.scale_factor**s)
+        shapes.append((int(size / pyramid.depth_ratio), size, size))
+    return shapes
+
+
+def iterations_for_scale(train: TrainConfig, scale: int) -> int:
+    """Iterations at scale s: iterations_per_scale * (s + 1) (paper: 1000, 2000, ..., 5000)."""
+    return train.iterations_per_scale * (scale + 1)
