@@ -1,0 +1,362 @@
+"""The training volume: HU window, lung and nodule masks, and the scale pyramid of one scan.
+
+Steps (``preprocess_scan``): read the scan (``data.seriesuid``, or the first one sorted), set the
+out-of-field value (-2048 and anything below -1500 HU) to air, window to [-1000, 1000] HU and map to
+the networks' range [-1, 1] (``ctgan.intensity.hu_to_network``); take the official lung mask
+(labels 3 and 4) or compute one (``compute_lung_mask``); draw the annotated nodules as spheres in
+voxel space; then resize the volume and both masks to every scale shape of
+``scale_shapes(pyramid)`` directly from the full-resolution arrays, trilinear with
+``align_corners=True`` (the seed's rule, ctgan-facts §1). Masks stay float in [0, 1]. The physical
+spacing of scale s is the original extent divided by its shape.
+
+On disk (``save_pyramid`` / ``load_pyramid``): ``pyramid.npz`` with ``volume_s``, ``lungs_s``,
+``nodules_s`` for every scale s (coarsest first) and ``meta.json`` (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as functional
+from scipy import ndimage
+
+from ctgan.config import PyramidConfig, scale_shapes
+from ctgan.intensity import HU_MAX, HU_MIN, hu_to_network, network_to_hu
+from ctgan.io import atomic_write, ensure_writable_dir, write_json
+from ctgan.luna16 import LEFT_LUNG_LABEL, RIGHT_LUNG_LABEL, Luna16Folder, Scan, world_to_voxel
+
+log = logging.getLogger(__name__)
+
+PYRAMID_FILE = "pyramid.npz"
+META_FILE = "meta.json"
+OUT_OF_FIELD_THRESHOLD_HU = -1500.0  # below this a voxel is outside the scanner's field of view
+LUNG_THRESHOLD_HU = -400.0
+
+
+@dataclass
+class TrainingPyramid:
+    """Every scale of the training volume, coarsest first; float32 ``(D, H, W)`` arrays."""
+
+    volumes: list[np.ndarray]  # network range [-1, 1]
+    lungs: list[np.ndarray]  # [0, 1]
+    nodules: list[np.ndarray]  # [0, 1]
+    spacings_zyx_mm: list[tuple[float, float, float]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shapes(self) -> list[tuple[int, int, int]]:
+        return [tuple(int(n) for n in v.shape) for v in self.volumes]  # type: ignore[misc]
+
+
+@dataclass
+class PreparedScan:
+    """One scan at full resolution, ready to resize: HU (out-of-field set to air) and masks."""
+
+    scan: Scan
+    hu: np.ndarray  # float32 (z, y, x)
+    lungs: np.ndarray  # bool (z, y, x)
+    nodules: np.ndarray  # bool (z, y, x)
+    lung_mask_source: str  # official | computed
+    nodule_rows: list[dict[str, float]]
+
+
+def compute_lung_mask(hu_zyx: np.ndarray, spacing_xyz_mm: Any) -> np.ndarray:
+    """A classical lung segmentation: bool ``(z, y, x)``.
+
+    Threshold at -400 HU; drop the air connected to the in-plane border of any slice (outside the
+    body, out-of-field voxels); keep the largest remaining component and the second largest when it
+    is at least a tenth of the first (the two lungs, possibly joined through the airways); fill
+    holes slice by slice (vessels, nodules) and close small gaps (1.5 mm).
+    """
+    hu_zyx = np.asarray(hu_zyx)
+    if hu_zyx.ndim != 3:
+        raise ValueError(f"hu_zyx must be a 3D (z, y, x) array; got shape {hu_zyx.shape}")
+    spacing = np.asarray(spacing_xyz_mm, dtype=float).reshape(3)
+    air = hu_zyx < LUNG_THRESHOLD_HU
+    labels, count = ndimage.label(air)
+    if count == 0:
+        return np.zeros(hu_zyx.shape, dtype=bool)
+    border = np.unique(
+        np.concatenate(
+            [
+                labels[:, 0, :].ravel(),
+                labels[:, -1, :].ravel(),
+                labels[:, :, 0].ravel(),
+                labels[:, :, -1].ravel(),
+            ]
+        )
+    )
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    sizes[border] = 0
+    order = np.argsort(sizes)[::-1]
+    if sizes[order[0]] == 0:
+        return np.zeros(hu_zyx.shape, dtype=bool)
+    keep = [order[0]]
+    if count > 1 and sizes[order[1]] >= 0.1 * sizes[order[0]]:
+        keep.append(order[1])
+    mask = np.isin(labels, keep)
+    radius_voxels = np.rint(1.5 / spacing[::-1]).astype(int)  # (z, y, x)
+    if radius_voxels.max() > 0:
+        grids = np.ogrid[tuple(slice(-r, r + 1) for r in radius_voxels)]
+        structure = (
+            sum((g / max(r, 0.5)) ** 2 for g, r in zip(grids, radius_voxels, strict=True)) <= 1
+        )
+        mask = ndimage.binary_closing(mask, structure=structure)
+    for z in range(mask.shape[0]):
+        if mask[z].any():
+            mask[z] = ndimage.binary_fill_holes(mask[z])
+    return mask
+
+
+def lung_volume_litres(mask_zyx: np.ndarray, spacing_xyz_mm: Any) -> float:
+    return float(np.count_nonzero(mask_zyx) * np.prod(np.asarray(spacing_xyz_mm, float)) / 1e6)
+
+
+def nodule_mask(
+    shape_zyx: tuple[int, int, int], nodule_rows: list[dict[str, float]], spacing_xyz_mm: Any
+) -> np.ndarray:
+    """Spheres at continuous voxel centres ``index_x/y/z`` with ``diameter_mm`` (physical radius)."""
+    mask = np.zeros(shape_zyx, dtype=bool)
+    spacing_zyx = np.asarray(spacing_xyz_mm, float)[::-1]
+    for row in nodule_rows:
+        centre = np.array([row["index_z"], row["index_y"], row["index_x"]])
+        reach = row["diameter_mm"] / 2 / spacing_zyx
+        low = np.clip(np.floor(centre - reach).astype(int), 0, shape_zyx)
+        high = np.clip(np.ceil(centre + reach).astype(int) + 1, 0, shape_zyx)
+        if np.any(high <= low):
+            continue
+        grids = np.ogrid[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+        distance_sq = sum(
+            ((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing_zyx, strict=True)
+        )
+        box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        mask[box] |= distance_sq <= (row["diameter_mm"] / 2) ** 2
+    return mask
+
+
+def _choose_uid(folder: Luna16Folder, seriesuid: str | None) -> str:
+    if seriesuid:
+        folder.find_scan(seriesuid)
+        return seriesuid
+    uids = folder.seriesuids()
+    if not uids:
+        raise ValueError(
+            f"{folder.root} holds no scan (expected subset*/<seriesuid>.mhd); write a phantom "
+            f"with `ctgan phantom {folder.root}` or point data.luna16_dir at a LUNA16 download"
+        )
+    return uids[0]
+
+
+def prepare_scan(folder: Luna16Folder, seriesuid: str) -> PreparedScan:
+    """Read one scan with its lung mask (official, else computed) and its nodule mask."""
+    scan = folder.read_scan(seriesuid)
+    hu = scan.array.astype(np.float32)
+    hu[hu < OUT_OF_FIELD_THRESHOLD_HU] = HU_MIN
+    official = folder.lung_mask(seriesuid)
+    if official is not None:
+        lungs = np.isin(official.array, (LEFT_LUNG_LABEL, RIGHT_LUNG_LABEL))
+        source = "official"
+    else:
+        lungs = compute_lung_mask(hu, scan.spacing_xyz_mm)
+        source = "computed"
+    table = folder.annotations(seriesuid)
+    rows = []
+    for record in table.to_dict("records"):
+        world = [record["coordX"], record["coordY"], record["coordZ"]]
+        index = world_to_voxel(world, scan.origin_xyz_mm, scan.spacing_xyz_mm, scan.direction)
+        rows.append(
+            {
+                "coordX": float(record["coordX"]),
+                "coordY": float(record["coordY"]),
+                "coordZ": float(record["coordZ"]),
+                "diameter_mm": float(record["diameter_mm"]),
+                "index_x": float(index[0]),
+                "index_y": float(index[1]),
+                "index_z": float(index[2]),
+            }
+        )
+    nodules = nodule_mask(scan.shape_zyx, rows, scan.spacing_xyz_mm)
+    return PreparedScan(scan, hu, lungs, nodules, source, rows)
+
+
+def load_training_scan(
+    folder: Luna16Folder, seriesuid: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Full resolution: (volume in [-1, 1] float32 (z, y, x), lungs bool, nodules bool, spacing_xyz_mm)."""
+    prepared = prepare_scan(folder, seriesuid)
+    return (
+        hu_to_network(prepared.hu),
+        prepared.lungs,
+        prepared.nodules,
+        prepared.scan.spacing_xyz_mm,
+    )
+
+
+def resize_volume(array: np.ndarray, shape_zyx: tuple[int, int, int]) -> np.ndarray:
+    """Trilinear resize with align_corners=True (the seed's rule), float32 ``(D, H, W)``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    resized = functional.interpolate(
+        tensor, size=tuple(shape_zyx), mode="trilinear", align_corners=True
+    )
+    return resized[0, 0].numpy()
+
+
+def preprocess_scan(
+    folder: Luna16Folder,
+    seriesuid: str | None,
+    pyramid_cfg: PyramidConfig,
+    *,
+    source: str | None = None,
+) -> TrainingPyramid:
+    """Window, mask and resize one scan to every scale of ``pyramid_cfg`` (coarsest first)."""
+    uid = _choose_uid(folder, seriesuid)
+    prepared = prepare_scan(folder, uid)
+    scan = prepared.scan
+    network = hu_to_network(prepared.hu)
+    extent_zyx = np.array(scan.shape_zyx) * np.array(scan.spacing_zyx_mm)
+    shapes = scale_shapes(pyramid_cfg)
+    volumes, lungs, nodules, spacings = [], [], [], []
+    for shape in shapes:
+        volumes.append(np.clip(resize_volume(network, shape), -1.0, 1.0))
+        lungs.append(np.clip(resize_volume(prepared.lungs, shape), 0.0, 1.0))
+        nodules.append(np.clip(resize_volume(prepared.nodules, shape), 0.0, 1.0))
+        spacings.append(tuple(float(v) for v in extent_zyx / np.array(shape)))
+    if source is None:
+        source = "phantom" if (folder.root / "phantom.json").is_file() else "luna16"
+    meta = {
+        "seriesuid": uid,
+        "source": source,
+        "scan_path": str(scan.path),
+        "origin_xyz_mm": list(scan.origin_xyz_mm),
+        "direction": list(scan.direction),
+        "spacing_xyz_mm": list(scan.spacing_xyz_mm),
+        "shape_zyx": list(scan.shape_zyx),
+        "scale_shapes": [list(s) for s in shapes],
+        "scale_spacings_zyx_mm": [list(s) for s in spacings],
+        "hu_window": [HU_MIN, HU_MAX],
+        "lung_mask_source": prepared.lung_mask_source,
+        "lung_volume_l": lung_volume_litres(prepared.lungs, scan.spacing_xyz_mm),
+        "nodules": prepared.nodule_rows,
+    }
+    log.info(
+        "preprocessed %s (%s lung mask, %.2f l, %d nodules) to %s",
+        uid,
+        prepared.lung_mask_source,
+        meta["lung_volume_l"],
+        len(prepared.nodule_rows),
+        shapes,
+    )
+    return TrainingPyramid(volumes, lungs, nodules, spacings, meta)
+
+
+def save_pyramid(pyramid: TrainingPyramid, out_dir: str | Path) -> Path:
+    """Write ``pyramid.npz`` and ``meta.json`` into ``out_dir`` (created if needed)."""
+    out_dir = ensure_writable_dir(out_dir)
+    arrays: dict[str, np.ndarray] = {}
+    for s, (volume, lungs, nodules) in enumerate(
+        zip(pyramid.volumes, pyramid.lungs, pyramid.nodules, strict=True)
+    ):
+        arrays[f"volume_{s}"] = volume.astype(np.float32)
+        arrays[f"lungs_{s}"] = lungs.astype(np.float32)
+        arrays[f"nodules_{s}"] = nodules.astype(np.float32)
+    with atomic_write(out_dir / PYRAMID_FILE) as tmp:
+        np.savez(tmp, **arrays)
+    write_json(out_dir / META_FILE, pyramid.meta)
+    return out_dir
+
+
+def load_pyramid(out_dir: str | Path) -> TrainingPyramid:
+    """Read what ``save_pyramid`` wrote; clear errors when files are missing or inconsistent."""
+    out_dir = Path(out_dir)
+    pyramid_path, meta_path = out_dir / PYRAMID_FILE, out_dir / META_FILE
+    for path in (pyramid_path, meta_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found; run the preprocess stage (dvc repro preprocess) first"
+            )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        with np.load(pyramid_path) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(
+            f"{out_dir}: {PYRAMID_FILE} or {META_FILE} is corrupt ({err}); rerun the preprocess stage"
+        ) from err
+    shapes = meta.get("scale_shapes")
+    spacings = meta.get("scale_spacings_zyx_mm")
+    if (
+        not isinstance(shapes, list)
+        or not isinstance(spacings, list)
+        or len(shapes) != len(spacings)
+    ):
+        raise ValueError(
+            f"{meta_path} lacks scale_shapes / scale_spacings_zyx_mm of equal length; rerun the "
+            f"preprocess stage"
+        )
+    volumes, lungs, nodules = [], [], []
+    for s, shape in enumerate(shapes):
+        for kind, bucket in (("volume", volumes), ("lungs", lungs), ("nodules", nodules)):
+            name = f"{kind}_{s}"
+            if name not in arrays:
+                raise ValueError(f"{pyramid_path} lacks array {name}; rerun the preprocess stage")
+            if list(arrays[name].shape) != list(shape):
+                raise ValueError(
+                    f"{pyramid_path}: {name} has shape {list(arrays[name].shape)}, meta.json says "
+                    f"{list(shape)}; rerun the preprocess stage"
+                )
+            bucket.append(arrays[name].astype(np.float32))
+    return TrainingPyramid(
+        volumes, lungs, nodules, [tuple(float(v) for v in s) for s in spacings], meta
+    )
+
+
+def write_qa_figures(pyramid: TrainingPyramid, out_dir: str | Path) -> list[Path]:
+    """qa_planes.png, qa_histogram.png, qa_masks.png, qa_pyramid.png of the finest scale."""
+    import matplotlib.pyplot as plt
+
+    from ctgan import figures
+
+    out_dir = ensure_writable_dir(out_dir)
+    hu = network_to_hu(pyramid.volumes[-1])
+    spacing = pyramid.spacings_zyx_mm[-1]
+    uid = pyramid.meta.get("seriesuid", "")
+    built = {
+        "qa_planes.png": figures.three_plane_figure(
+            hu, spacing, title=f"finest scale {hu.shape}: {uid}"
+        ),
+        "qa_histogram.png": figures.hu_histogram_figure(
+            hu, {"lungs": pyramid.lungs[-1], "nodules": pyramid.nodules[-1]}
+        ),
+        "qa_masks.png": figures.mask_overlay_figure(
+            hu,
+            {"lungs": pyramid.lungs[-1], "nodules": pyramid.nodules[-1]},
+            spacing,
+            centre_zyx=_nodule_centre(pyramid),
+        ),
+        "qa_pyramid.png": figures.pyramid_figure(
+            [network_to_hu(v) for v in pyramid.volumes], pyramid.spacings_zyx_mm
+        ),
+    }
+    paths = []
+    for name, figure in built.items():
+        path = out_dir / name
+        with atomic_write(path) as tmp:
+            figure.savefig(tmp, dpi=100)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def _nodule_centre(pyramid: TrainingPyramid) -> tuple[int, int, int] | None:
+    """The finest scale's voxel of the strongest nodule value (None without nodules)."""
+    nodules = pyramid.nodules[-1]
+    if nodules.max() < 0.5:
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(nodules)), nodules.shape))  # type: ignore[return-value]

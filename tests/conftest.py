@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny MetaImage files, a tiny phantom folder, the real sample scan (if present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
+
+
+@pytest.fixture
+def tiny_mhd(tmp_path: Path) -> Path:
+    """A real .mhd + .raw (int16, 12 x 16 x 20 voxels (z, y, x)), anisotropic spacing, non-zero origin."""
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 1000, size=(12, 16, 20), dtype=np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.7, 0.8, 2.5))
+    image.SetOrigin((-160.5, -170.25, -340.0))
+    path = tmp_path / "tiny.mhd"
+    sitk.WriteImage(image, str(path), useCompression=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-scan phantom at 64 voxels in-plane, written once per test session (read-only use)."""
+    from ctgan.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantom") / "phantom"
+    write_phantom_dataset(root, scans=2, seed=3, size=64)
+    return root
+
+
+@pytest.fixture
+def real_sample_dir() -> Path:
+    """../shared/data (the real LIDC-IDRI-0001 scan); skips when it is absent."""
+    if not (SHARED_DATA / "luna16-sample" / "subset0" / f"{REAL_UID}.mhd").is_file():
+        pytest.skip(
+            f"real sample scan not found under {SHARED_DATA} (only in the project's workspace)"
+        )
+    return SHARED_DATA
