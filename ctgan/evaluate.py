@@ -1,0 +1,240 @@
+"""The evaluate stage: every metric of :mod:`ctgan.metrics` for every seed of one model-setting.
+
+``evaluate_model(models/<model>-<setting>, pyramid, segmenter, K, seed)`` loads each
+``seed<k>/`` folder, draws K random samples (``ctgan.sample.sample_volumes``) and the
+reconstruction (``ctgan.sample.reconstruct``), computes the registry's metrics against the
+finest scale of the training pyramid, and summarises every value as mean ± sd over seeds.
+
+The result (``write_metrics`` -> ``metrics/<model>-<setting>.json``)::
+
+    {"name": "3d-D", "model": "3d", "setting": "D", "profile": "cpu",
+     "num_samples": K, "seeds": [0, 1, 2], "sampling_seed": 0,
+     "mse": mean, "psnr": mean, "ssim": mean,          # the paper's numbers, flat for `dvc metrics show`
+     "reconstruction": {"mse": {"mean": .., "sd": .., "per_seed": [..]}, "psnr": {...}, ...},
+     "realism": {"hu_wasserstein": {...}, "frechet_axial": {...}, "lung_fraction": {...}, ...},
+     "diversity": {"diversity": {...}, "voxel_sd_hu": {...}},
+     "memorisation": {"max_ssim_to_training": {...}, "copies_of_training": {...}, ...},
+     "notes": {...}}                                   # how the metrics were computed
+
+``sd`` is the sample standard deviation over seeds (ddof 1), 0 for a single seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from ctgan.io import write_json
+from ctgan.metrics import (
+    FAMILIES,
+    MEMORISATION_SSIM_THRESHOLD,
+    METRICS,
+    PSNR_CAP_DB,
+    MetricInputs,
+    SegmenterLike,
+    compute_metrics,
+)
+from ctgan.sample import reconstruct, sample_volumes
+
+log = logging.getLogger(__name__)
+
+SEED_FOLDER = re.compile(r"^seed(\d+)$")
+FLAT_METRICS = ("mse", "psnr", "ssim")
+
+
+class PyramidLike(Protocol):
+    """What evaluation reads from ``ctgan.preprocess.TrainingPyramid``."""
+
+    volumes: list[np.ndarray]  # (D, H, W) in [-1, 1], coarsest first
+    spacings_zyx_mm: list[tuple[float, float, float]]
+
+
+def seed_folders(model_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(k, model_dir/seed<k>)`` for every seed folder holding a checkpoint, sorted by k."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(
+            f"model folder {model_dir} not found; run the train stage for this setting first"
+        )
+    found = []
+    for child in model_dir.iterdir():
+        match = SEED_FOLDER.match(child.name)
+        if match and child.is_dir() and (child / "checkpoint.pt").is_file():
+            found.append((int(match.group(1)), child))
+    if not found:
+        raise FileNotFoundError(
+            f"{model_dir} holds no seed<k>/checkpoint.pt; run the train stage for this setting "
+            f"(models/<model>-<setting>/seed<k>/) first"
+        )
+    return sorted(found)
+
+
+def _load_trained(folder: Path, device: str) -> Any:
+    from ctgan.train import load_trained
+
+    return load_trained(folder, device=device)
+
+
+def evaluate_trained(
+    model: Any,
+    real: np.ndarray,
+    spacing_zyx_mm: tuple[float, float, float],
+    segmenter: SegmenterLike | None,
+    num_samples: int,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Every registered metric of one trained model (``ctgan.train.TrainedModel``), by family.
+
+    ``real`` is the finest training volume (D, H, W) in [-1, 1]. Without a segmenter the Fréchet
+    metrics are left out and the lungs come from HU thresholds.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(
+            f"num_samples must be an integer >= 2 (diversity needs pairs); got {num_samples!r}"
+        )
+    finest = tuple(int(v) for v in model.scale_shapes[-1])
+    if finest != tuple(real.shape):
+        raise ValueError(
+            f"the model's finest scale {finest} differs from the training volume's {real.shape}; "
+            f"evaluate against the pyramid the model was trained on (data/preprocessed)"
+        )
+    samples = sample_volumes(
+        model, num_samples, seed=seed, batch_size=1, device=device, progress=progress
+    )  # (K, D, H, W)
+    inputs = MetricInputs(
+        real=np.asarray(real, dtype=np.float32),
+        reconstruction=reconstruct(model),
+        samples=samples,
+        spacing_zyx_mm=tuple(float(v) for v in spacing_zyx_mm),  # type: ignore[arg-type]
+        segmenter=segmenter,
+        device=device,
+    )
+    names = [n for n in METRICS if segmenter is not None or not n.startswith("frechet_")]
+    return compute_metrics(inputs, names)
+
+
+def summarise_seeds(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """``{family: {name: {"mean", "sd", "per_seed"}}}`` over seeds (sd with ddof 1, 0 for one)."""
+    if not per_seed:
+        raise ValueError("summarise_seeds needs the metrics of at least one seed; got none")
+    summary: dict[str, dict[str, Any]] = {}
+    for family, values in per_seed[0].items():
+        summary[family] = {}
+        for name in values:
+            series = [float(result[family][name]) for result in per_seed]
+            summary[family][name] = {
+                "mean": float(np.mean(series)),
+                "sd": float(np.std(series, ddof=1)) if len(series) > 1 else 0.0,
+                "per_seed": series,
+            }
+    return summary
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    pyramid: PyramidLike,
+    segmenter: SegmenterLike | None,
+    num_samples: int,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every ``seed<k>/`` of ``model_dir`` and summarise as mean ± sd over seeds.
+
+    ``pyramid``: the training pyramid (its finest volume and spacing are the reference);
+    ``segmenter``: the frozen segmenter (``ctgan.segmenter.load_segmenter``), or None to skip the
+    Fréchet metrics; ``num_samples`` = K random samples per seed, drawn with ``seed``.
+    Returns the JSON layout of the module docstring.
+    """
+    folders = seed_folders(model_dir)
+    real = np.asarray(pyramid.volumes[-1], dtype=np.float32)
+    spacing = tuple(float(v) for v in pyramid.spacings_zyx_mm[-1])
+    per_seed = []
+    config = None
+    for k, folder in folders:
+        log.info("evaluating %s (seed %d): %d samples", folder, k, num_samples)
+        model = _load_trained(folder, device)
+        config = model.config
+        per_seed.append(
+            evaluate_trained(model, real, spacing, segmenter, num_samples, seed, device, progress)  # type: ignore[arg-type]
+        )
+    assert config is not None
+    summary = summarise_seeds(per_seed)
+    name = config.setting or Path(model_dir).name
+    result: dict[str, Any] = {
+        "name": name,
+        "model": config.model,
+        "setting": name.split("-")[-1],
+        "profile": config.profile,
+        "num_samples": num_samples,
+        "seeds": [k for k, _ in folders],
+        "sampling_seed": seed,
+        "scale_shape": list(real.shape),
+    }
+    result.update({m: summary["reconstruction"][m]["mean"] for m in FLAT_METRICS})
+    result.update({family: summary.get(family, {}) for family in FAMILIES})
+    result["notes"] = {
+        "scale": "reconstruction metrics on [0, 1] = (HU + 1000) / 2000 of the finest scale",
+        "psnr_cap_db": PSNR_CAP_DB,
+        "lung_method": "threshold" if segmenter is None else "segmenter",
+        "frechet_features": (
+            "not computed (no segmenter)"
+            if segmenter is None
+            else "frozen segmenter encoder (CT-specific; not comparable with Inception SIFID/FID)"
+        ),
+        "memorisation_ssim_threshold": MEMORISATION_SSIM_THRESHOLD,
+    }
+    check_finite(result)
+    return result
+
+
+def check_finite(result: dict[str, Any]) -> None:
+    """Raise ValueError naming the first metric whose mean over seeds is not finite."""
+    for family in FAMILIES:
+        for name, entry in result[family].items():
+            if not math.isfinite(entry["mean"]):
+                raise ValueError(
+                    f"metric {family}.{name} is not finite ({entry['mean']}); the samples or the "
+                    f"reconstruction are degenerate: check the training history of this model"
+                )
+
+
+def write_metrics(path: str | Path, result: dict[str, Any]) -> Path:
+    """Write an :func:`evaluate_model` result as JSON, atomically (parent folders created)."""
+    missing = [
+        key for key in ("num_samples", "seeds", *FLAT_METRICS, *FAMILIES) if key not in result
+    ]
+    if missing:
+        raise ValueError(
+            f"metrics result lacks {', '.join(missing)}; pass the dict evaluate_model returns"
+        )
+    return write_json(path, result)
+
+
+def metrics_table(result: dict[str, Any]) -> pd.DataFrame:
+    """One row per metric of an :func:`evaluate_model` result: family, metric, mean, sd, per seed."""
+    rows = [
+        {
+            "family": family,
+            "metric": name,
+            "mean": entry["mean"],
+            "sd": entry["sd"],
+            "per_seed": entry["per_seed"],
+        }
+        for family in FAMILIES
+        for name, entry in result.get(family, {}).items()
+    ]
+    if not rows:
+        raise ValueError(
+            f"result holds none of the families {', '.join(FAMILIES)}; pass the dict "
+            f"evaluate_model returns"
+        )
+    return pd.DataFrame(rows)
