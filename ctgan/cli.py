@@ -38,6 +38,192 @@ def build_parser() -> argparse.ArgumentParser:
 _SUBCOMMANDS: list = []
 
 
+_MODEL_DIR_HELP = "a seed folder holding checkpoint.pt, or a setting folder with one seed<k>/"
+
+
+def _resolve_cli_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without CUDA is bad input."""
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but CUDA is not available; use --device cpu")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def _load_model_for_cli(model_dir: str, device: str):  # -> ctgan.train.TrainedModel
+    """Load a model folder (a seed folder, or a setting folder holding one seed), turning every
+    way it can fail into one clear line."""
+    from ctgan.train import load_trained
+
+    try:
+        return load_trained(model_dir, device=device)
+    except FileNotFoundError:
+        raise
+    except ValueError as err:  # torch's load errors span lines: keep the report to one
+        raise UsageError(" ".join(str(err).split())) from err
+    except Exception as err:  # a foreign or damaged checkpoint: torch/pickle/key errors of any kind
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UsageError(
+            f"{model_dir} could not be loaded as a ctgan model ({type(err).__name__}: {detail}); "
+            f"retrain it with this version of ctgan"
+        ) from err
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="generate volumes from a trained model and export them (.nii.gz / .mha, int16 HU)",
+        description=(
+            "Generate N volumes from a trained model folder (models/<model>-<setting>/seed<k>) and "
+            "write them as int16 HU with the source scan's spacing, origin and direction. "
+            "--scale Z Y X resizes every noise map (a 1.5 z factor gives a 1.5x deeper volume at "
+            "the same spacing); --inject-from FILE --inject-scale n starts the pyramid at scale n "
+            "from FILE, keeping its coarse structure."
+        ),
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help=_MODEL_DIR_HELP)
+    p.add_argument("--n", type=int, default=1, help="number of volumes (default 1)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("--format", choices=("nii.gz", "mha"), default="nii.gz", help="file format")
+    p.add_argument(
+        "--scale",
+        nargs=3,
+        type=float,
+        default=(1.0, 1.0, 1.0),
+        metavar=("Z", "Y", "X"),
+        help="size factor per axis (default 1 1 1)",
+    )
+    p.add_argument("--inject-from", metavar="FILE", help="3D scan in HU (.mhd/.mha/.nii.gz)")
+    p.add_argument("--inject-scale", type=int, metavar="n", help="scale to inject at (1..S-1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=4, help="volumes per forward pass")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(run=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ctgan import sample as sampling
+    from ctgan.io import ensure_writable_dir
+
+    # Every check first: nothing is generated or written until all input is known to be good.
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1; got {args.n}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1; got {args.batch_size}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0; got {args.seed}")
+    if (args.inject_from is None) != (args.inject_scale is None):
+        raise UsageError("--inject-from and --inject-scale go together; give both or neither")
+    injecting = args.inject_from is not None
+    if injecting and tuple(args.scale) != (1.0, 1.0, 1.0):
+        raise UsageError(
+            "--scale cannot be combined with --inject-from (injection keeps the training size)"
+        )
+    device = _resolve_cli_device(args.device)
+    model = _load_model_for_cli(args.model_dir, device)
+    shape = sampling.output_shape(model, args.scale)
+    spacing = sampling.output_spacing_zyx_mm(model, args.scale)
+    start_volume = None
+    if injecting:
+        sampling.check_injection_scale(model, args.inject_scale)
+        start_volume = sampling.read_injection_volume(args.inject_from, model)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a folder; give a folder to write into")
+    out_dir = ensure_writable_dir(args.out)  # PermissionError: reported by main
+
+    if injecting:
+        volumes = sampling.inject(
+            model, start_volume, args.inject_scale, args.n, args.seed, args.batch_size
+        )
+        stem = f"inject{args.inject_scale}_seed{args.seed}"
+    else:
+        volumes = sampling.sample_volumes(
+            model, args.n, args.seed, args.scale, args.batch_size, progress=args.n > 1
+        )
+        stem = f"sample_seed{args.seed}"
+    for i, volume in enumerate(volumes):
+        path = Path(out_dir) / f"{stem}_{i:03d}.{args.format}"
+        sampling.export_model_volume(model, volume, path, args.scale)
+        print(path)
+    spacing_text = " x ".join(f"{v:g}" for v in spacing)
+    print(
+        f"wrote {len(volumes)} volume(s) of shape (z, y, x) {shape}, spacing {spacing_text} mm, "
+        f"to {out_dir}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="describe a trained model folder: setting, scales, training data, metrics",
+        description=(
+            "Print what a model folder holds: model, setting, profile, every scale's shape and "
+            "spacing, the training scan, and its metrics when found (metrics.json in the folder, "
+            "else the pipeline's metrics/<model>-<setting>.json three levels up)."
+        ),
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help=_MODEL_DIR_HELP)
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from ctgan.sample import describe_model
+
+    model = _load_model_for_cli(args.model_dir, "cpu")
+    print(describe_model(model))
+    return 0
+
+
+_SUBCOMMANDS += [_add_sample, _add_info]
+
+
+def _add_phantom(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "phantom",
+        help="write synthetic chest CT scans in the LUNA16 layout",
+        description=(
+            "Write N synthetic chest CT scans in the LUNA16 layout (subset0/<uid>.mhd + .raw, "
+            "annotations.csv, candidates.csv, seg-lungs-LUNA16/). An existing phantom in OUT_DIR "
+            "is replaced; a non-empty folder that is not a phantom is refused unless --force."
+        ),
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if needed)")
+    parser.add_argument("--scans", type=int, default=4, help="number of scans (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--size", type=int, default=256, help="in-plane voxels (default 256)")
+    parser.add_argument(
+        "--force", action="store_true", help="write into a non-empty folder that is not a phantom"
+    )
+    parser.set_defaults(run=_run_phantom)
+
+
+def _run_phantom(args: argparse.Namespace) -> int:
+    from ctgan.phantom import write_phantom_dataset
+
+    if args.scans < 1:
+        raise UsageError(f"--scans must be >= 1; got {args.scans}")
+    if not 0 <= args.seed < 10**6:
+        raise UsageError(f"--seed must be in [0, 999999]; got {args.seed}")
+    if not 32 <= args.size <= 1024:
+        raise UsageError(f"--size must be in [32, 1024] voxels; got {args.size}")
+    uids = write_phantom_dataset(
+        args.out_dir, scans=args.scans, seed=args.seed, size=args.size, force=args.force
+    )
+    print(f"wrote {len(uids)} phantom scan(s) to {args.out_dir}")
+    for uid in uids:
+        print(uid)
+    return 0
+
+
+_SUBCOMMANDS += [_add_phantom]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
