@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg", force=False)
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+def _subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """A constrained-layout figure and its axes, outside pyplot's state: no global figure list to
+    leak into, and a notebook shows a returned figure once (pyplot figures show twice)."""
+    figure = Figure(figsize=kwargs.pop("figsize", None), layout="constrained")
+    return figure, figure.subplots(nrows, ncols, **kwargs)
 
 
 def _check_volume(name: str, volume: np.ndarray) -> np.ndarray:
@@ -56,7 +58,7 @@ def three_plane_figure(
     """Axial, coronal and sagittal slices through ``centre_zyx`` (default: the middle)."""
     volume = _check_volume("volume", volume)
     centre = _centre(volume, centre_zyx)
-    figure, axes = plt.subplots(1, 3, figsize=(13, 4.6), layout="constrained")
+    figure, axes = _subplots(1, 3, figsize=(13, 4.6))
     names = (f"axial z={centre[0]}", f"coronal y={centre[1]}", f"sagittal x={centre[2]}")
     image = None
     for axis, plane, aspect, name in zip(
@@ -80,7 +82,7 @@ def hu_histogram_figure(
 ) -> Figure:
     """Histogram of HU values (log counts), overall and inside each named mask."""
     volume_hu = _check_volume("volume_hu", volume_hu)
-    figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
+    figure, axis = _subplots(figsize=(7, 4))
     bins = np.linspace(hu_range[0], hu_range[1], 221)
     axis.hist(volume_hu.ravel(), bins=bins, histtype="step", label="all voxels", color="black")
     for name, mask in (masks or {}).items():
@@ -117,7 +119,7 @@ def mask_overlay_figure(
                 f"mask {name!r} has shape {np.shape(mask)}; expected the volume's {volume.shape}"
             )
     centre = _centre(volume, centre_zyx)
-    figure, axes = plt.subplots(1, 3, figsize=(13, 4.6), layout="constrained")
+    figure, axes = _subplots(1, 3, figsize=(13, 4.6))
     colours = ("tab:orange", "tab:red", "tab:cyan", "tab:green")
     aspects = _aspects(spacing_zyx_mm)
     for column, (axis, plane) in enumerate(zip(axes, _planes(volume, centre), strict=True)):
@@ -147,9 +149,7 @@ def pyramid_figure(
             f"need one spacing per volume; got {len(volumes)} volumes and "
             f"{len(spacings_zyx_mm)} spacings"
         )
-    figure, axes = plt.subplots(
-        2, len(volumes), figsize=(3 * len(volumes), 6), layout="constrained", squeeze=False
-    )
+    figure, axes = _subplots(2, len(volumes), figsize=(3 * len(volumes), 6), squeeze=False)
     for column, (volume, spacing) in enumerate(zip(volumes, spacings_zyx_mm, strict=True)):
         volume = _check_volume("volume", volume)
         planes = _planes(volume, _centre(volume, None))
@@ -199,7 +199,7 @@ def comparison_grid_figure(
     depth = real_hu.shape[0]
     slices = [int(round(h * (depth - 1))) for h in heights]
     aspect = _aspects(spacing_zyx_mm)[0]
-    figure, axes = plt.subplots(
+    figure, axes = _subplots(
         len(rows),
         len(slices),
         figsize=(2.6 * len(slices), 2.6 * len(rows)),
@@ -239,9 +239,7 @@ def samples_grid_figure(
         raise ValueError(f"count must be >= 1; got {count}")
     shown = samples_hu[:count]
     aspects = _aspects(spacing_zyx_mm)
-    figure, axes = plt.subplots(
-        len(shown), 3, figsize=(9, 2.6 * len(shown)), layout="constrained", squeeze=False
-    )
+    figure, axes = _subplots(len(shown), 3, figsize=(9, 2.6 * len(shown)), squeeze=False)
     for row, volume in enumerate(shown):
         for column, plane in enumerate(_planes(volume, _centre(volume, None))):
             axis = axes[row, column]
@@ -271,7 +269,7 @@ def hu_comparison_figure(
             f"{samples_hu.shape}"
         )
     bins = np.linspace(hu_range[0], hu_range[1], 101)
-    figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
+    figure, axis = _subplots(figsize=(7, 4))
     for index, sample in enumerate(samples_hu):
         axis.hist(
             sample.ravel(),
@@ -333,7 +331,7 @@ def metric_bars_figure(
         means.append(float(entry["mean"]))
         sds.append(float(entry.get("sd", 0.0)))
     positions = np.arange(len(names))
-    figure, axis = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.8), layout="constrained")
+    figure, axis = _subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.8))
     axis.bar(positions, means, yerr=sds, capsize=4, color="tab:blue", label="ours (mean ± sd)")
     if paper:
         marked = [(i, paper[n]) for i, n in enumerate(names) if n in paper]
@@ -374,9 +372,7 @@ def training_curves_figure(
                 f"{', '.join(map(str, frame.columns))}"
             )
         frames[name] = frame.reset_index(drop=True)
-    figure, axes = plt.subplots(
-        1, len(columns), figsize=(4 * len(columns), 3.4), layout="constrained", squeeze=False
-    )
+    figure, axes = _subplots(1, len(columns), figsize=(4 * len(columns), 3.4), squeeze=False)
     for axis, column in zip(axes[0], columns, strict=True):
         for name, frame in frames.items():
             axis.plot(frame.index, frame[column], label=name, linewidth=1.0)
