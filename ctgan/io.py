@@ -45,6 +45,9 @@ def atomic_write(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; final files get the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, path)
