@@ -203,7 +203,6 @@ def comparison_grid_figure(
         len(rows),
         len(slices),
         figsize=(2.6 * len(slices), 2.6 * len(rows)),
-        layout="constrained",
         squeeze=False,
     )
     for row, (name, volume) in enumerate(rows.items()):

@@ -14,14 +14,16 @@ from typing import Any
 def ensure_writable_dir(path: str | Path) -> Path:
     """Create ``path`` (and parents) if needed and check that files can be written in it."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"output path {path} exists and is not a folder; remove it or choose another folder"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PermissionError(
             f"cannot create output folder {path}: {err.strerror}; choose a folder you can write to"
         ) from err
-    if not path.is_dir():
-        raise NotADirectoryError(f"output path {path} exists and is not a folder")
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(
             f"output folder {path} is not writable; choose a folder you can write to"

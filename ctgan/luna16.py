@@ -103,11 +103,42 @@ def read_image(path: str | Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
+        reason = _size_mismatch(path)
+        if reason is None:
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
+            reason = f"SimpleITK: {reason}"
         raise ValueError(
-            f"cannot read {path}: the voxel file is corrupt or truncated (SimpleITK: {reason}); "
+            f"cannot read {path}: the voxel file is corrupt or truncated ({reason}); "
             f"download or copy the scan again"
         ) from err
+
+
+_ELEMENT_BYTES = {"CHAR": 1, "SHORT": 2, "INT": 4, "LONG": 8, "FLOAT": 4, "DOUBLE": 8}
+
+
+def _size_mismatch(header: Path) -> str | None:
+    """For an uncompressed .mhd whose voxel file is smaller than DimSize x ElementType says, a
+    sentence saying so (None when the sizes agree or the header cannot tell)."""
+    if header.suffix.lower() != ".mhd":
+        return None
+    fields = {}
+    for line in header.read_text(encoding="latin-1").splitlines():
+        key, _, value = line.partition("=")
+        fields[key.strip()] = value.strip()
+    element = fields.get("ElementType", "").removeprefix("MET_").removeprefix("U")
+    voxel_file = _voxel_file(header)
+    if fields.get("CompressedData", "False") != "False" or element not in _ELEMENT_BYTES:
+        return None
+    if voxel_file is None or "DimSize" not in fields:
+        return None
+    expected = int(np.prod([int(v) for v in fields["DimSize"].split()])) * _ELEMENT_BYTES[element]
+    actual = voxel_file.stat().st_size
+    if actual >= expected:
+        return None
+    return (
+        f"header DimSize {fields['DimSize']} x {fields['ElementType']} needs {expected} bytes, "
+        f"{voxel_file.name} holds {actual}"
+    )
 
 
 def read_image_information(path: str | Path) -> sitk.ImageFileReader:
@@ -226,8 +257,9 @@ class Luna16Folder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(
-                f"LUNA16 folder {self.root} not found; write a phantom with `ctgan phantom "
-                f"{self.root}` or point data.luna16_dir at your LUNA16 download"
+                f"LUNA16 folder {self.root} not found; put LUNA16 there (subset*/<seriesuid>.mhd) "
+                f"or point data.luna16_dir at your download, or set data.source: phantom (or "
+                f"write a phantom there with `ctgan phantom {self.root}`)"
             )
         self._scans = {
             path.stem: path

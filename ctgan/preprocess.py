@@ -148,15 +148,34 @@ def _choose_uid(folder: Luna16Folder, seriesuid: str | None) -> str:
     uids = folder.seriesuids()
     if not uids:
         raise ValueError(
-            f"{folder.root} holds no scan (expected subset*/<seriesuid>.mhd); write a phantom "
-            f"with `ctgan phantom {folder.root}` or point data.luna16_dir at a LUNA16 download"
+            f"{folder.root} holds no scan (expected subset*/<seriesuid>.mhd); put LUNA16 there "
+            f"or point data.luna16_dir at your download, or set data.source: phantom (or write a "
+            f"phantom with `ctgan phantom {folder.root}`)"
         )
     return uids[0]
+
+
+def check_scan_values(array: np.ndarray, path: Path) -> None:
+    """Refuse a scan with NaN/inf voxels or a single value: nothing to learn from or window."""
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise ValueError(
+                f"scan {path} holds {bad} NaN or infinite voxels; expected finite HU values: "
+                f"re-export the scan, or choose another data.seriesuid"
+            )
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise ValueError(
+            f"scan {path} is constant ({low:g} everywhere); expected a CT scan with air, tissue "
+            f"and lungs: check the file (an empty export?) or choose another data.seriesuid"
+        )
 
 
 def prepare_scan(folder: Luna16Folder, seriesuid: str) -> PreparedScan:
     """Read one scan with its lung mask (official, else computed) and its nodule mask."""
     scan = folder.read_scan(seriesuid)
+    check_scan_values(scan.array, scan.path)
     hu = scan.array.astype(np.float32)
     hu[hu < OUT_OF_FIELD_THRESHOLD_HU] = HU_MIN
     official = folder.lung_mask(seriesuid)
@@ -319,7 +338,6 @@ def load_pyramid(out_dir: str | Path) -> TrainingPyramid:
 
 def write_qa_figures(pyramid: TrainingPyramid, out_dir: str | Path) -> list[Path]:
     """qa_planes.png, qa_histogram.png, qa_masks.png, qa_pyramid.png of the finest scale."""
-    import matplotlib.pyplot as plt
 
     from ctgan import figures
 
@@ -349,7 +367,6 @@ def write_qa_figures(pyramid: TrainingPyramid, out_dir: str | Path) -> list[Path
         path = out_dir / name
         with atomic_write(path) as tmp:
             figure.savefig(tmp, dpi=100)
-        plt.close(figure)
         paths.append(path)
     return paths
 

@@ -148,10 +148,7 @@ def first_seed_folder(model_dir: Path) -> Path:
 
 
 def _save(fig: Any, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path.name
 
 

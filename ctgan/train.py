@@ -71,6 +71,34 @@ Row = dict[str, float]
 Callback = Callable[[Row], None]
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss or the generator's output became NaN or infinite during training."""
+
+
+_FINITE_COLUMNS = ("d_loss", "g_adv", "reconstruction", "projection", "segmentation")
+
+
+def check_finite_row(row: Row, cfg: Config) -> None:
+    """Raise ``TrainingDiverged`` naming setting, scale and iteration if a logged loss is not
+    finite (a NaN or inf in the generator's output makes every loss on it non-finite too)."""
+    columns = [c for c in _FINITE_COLUMNS if c != "segmentation" or cfg.uses("segmentation")]
+    bad = {c: row[c] for c in columns if not math.isfinite(row[c])}
+    if not bad:
+        return
+    scale, iteration = int(row["scale"]), int(row["iteration"])
+    kept = (
+        f"{CHECKPOINT_NAME} keeps scales 0..{scale - 1}"
+        if scale > 0
+        else f"no {CHECKPOINT_NAME} was written (scale 0 never finished)"
+    )
+    values = ", ".join(f"{name}={value}" for name, value in bad.items())
+    raise TrainingDiverged(
+        f"training of {cfg.setting} diverged at scale {scale}, iteration {iteration}: {values}; "
+        f"{kept}. Lower train.lr (now {cfg.train.lr}) or change train.precision (now "
+        f"{cfg.train.precision}), then rerun the stage (outside DVC, delete the model folder first)"
+    )
+
+
 class PyramidLike(Protocol):
     """What training needs from ``ctgan.preprocess.TrainingPyramid``."""
 
@@ -365,70 +393,92 @@ class _ScaleContext:
     segmenter: nn.Module | None
 
 
-def _train_scale(
-    context: _ScaleContext,
-    state: _RunState,
-    history: _HistoryWriter,
-    callbacks: Sequence[Callback],
-    seed: int,
-) -> None:
-    cfg, s, device = context.cfg, context.scale, context.device
-    train_cfg, weights = cfg.train, cfg.loss_weights
-    dtype = context.precision.dtype
-    real = context.real  # (1, 1, D, H, W)
-    generator, discriminator = state.generator, state.discriminator
-    assert discriminator is not None
-    newest = generator.scales[s]
-    d_loss_fn, g_loss_fn = _adversarial_losses(train_cfg.adversarial_loss)
-    autocast = context.precision.autocast_bf16
+class ScaleTrainer:
+    """Training of one scale, one iteration at a time (``_train_scale`` loops it; the benchmark
+    in ``benchmarks/bench_train.py`` times it).
 
-    noise_generator = torch.Generator(device=device).manual_seed(
-        _derived_seed(seed, s, _PURPOSE_NOISE)
-    )
-    crop_generator = torch.Generator(device="cpu").manual_seed(
-        _derived_seed(seed, s, _PURPOSE_CROPS)
-    )
-    rec_noise = state.reconstruction_noise
-    with _autocast(device, autocast):
-        rec_previous = _frozen_chain(generator, rec_noise, s)
-    if rec_previous is not None:
-        rec_previous = upsample(rec_previous.to(dtype), context.shapes[s])
-        amplitude = float(torch.sqrt(torch.mean((rec_previous - real) ** 2)).item())
-    else:
-        amplitude = 1.0
-    state.noise_amplitudes.append(amplitude)
-    amplitudes = state.noise_amplitudes
+    Construction does the once-per-scale work: the frozen reconstruction chain up to s-1, the
+    noise amplitude, fresh Adam optimisers. ``iteration(i)`` runs ``g_steps`` generator steps then
+    ``d_steps`` discriminator steps without any host sync; ``log_row(i)`` is the only place that
+    reads values back to the host.
+    """
 
-    opt_g = torch.optim.Adam(newest.parameters(), lr=train_cfg.lr, betas=train_cfg.betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=train_cfg.lr, betas=train_cfg.betas)
-    iterations = iterations_for_scale(train_cfg, s)
-    decay_at = int(round(train_cfg.lr_decay_fraction * iterations))
-    need_rec = any(cfg.uses(t) for t in ("reconstruction", "projection", "segmentation"))
-    nan = float("nan")
+    def __init__(self, context: _ScaleContext, state: _RunState, seed: int) -> None:
+        self.context = context
+        self.state = state
+        cfg, s, device = context.cfg, context.scale, context.device
+        self.dtype = context.precision.dtype
+        self.autocast = context.precision.autocast_bf16
+        assert state.discriminator is not None
+        self.generator, self.discriminator = state.generator, state.discriminator
+        self.d_loss_fn, self.g_loss_fn = _adversarial_losses(cfg.train.adversarial_loss)
+        self.noise_generator = torch.Generator(device=device).manual_seed(
+            _derived_seed(seed, s, _PURPOSE_NOISE)
+        )
+        self.crop_generator = torch.Generator(device="cpu").manual_seed(
+            _derived_seed(seed, s, _PURPOSE_CROPS)
+        )
+        with _autocast(device, self.autocast):
+            rec_previous = _frozen_chain(self.generator, state.reconstruction_noise, s)
+        if rec_previous is not None:
+            rec_previous = upsample(rec_previous.to(self.dtype), context.shapes[s])
+            amplitude = float(torch.sqrt(torch.mean((rec_previous - context.real) ** 2)).item())
+        else:
+            amplitude = 1.0
+        self.rec_previous = rec_previous
+        self.amplitude = amplitude
+        state.noise_amplitudes.append(amplitude)
+        train_cfg = cfg.train
+        self.opt_g = torch.optim.Adam(
+            self.generator.scales[s].parameters(), lr=train_cfg.lr, betas=train_cfg.betas
+        )
+        self.opt_d = torch.optim.Adam(
+            self.discriminator.parameters(), lr=train_cfg.lr, betas=train_cfg.betas
+        )
+        self.iterations = iterations_for_scale(train_cfg, s)
+        self.decay_at = int(round(train_cfg.lr_decay_fraction * self.iterations))
+        self.need_rec = any(cfg.uses(t) for t in ("reconstruction", "projection", "segmentation"))
+        self.d_loss = torch.full((), float("nan"))
+        self.g_adv = torch.full((), float("nan"))
+        self.segmentation_value = torch.full((), float("nan"))
 
-    def reconstruct() -> torch.Tensor:
-        with _autocast(device, autocast):
-            return generator.forward_scale(s, rec_noise[s], rec_previous).to(dtype)
+    def reconstruct(self) -> torch.Tensor:
+        """G_s(z_rec) on the frozen chain's reconstruction (with autograd unless disabled)."""
+        context = self.context
+        with _autocast(context.device, self.autocast):
+            return self.generator.forward_scale(
+                context.scale, self.state.reconstruction_noise[context.scale], self.rec_previous
+            ).to(self.dtype)
 
-    progress = tqdm(range(iterations), desc=f"scale {s}", leave=False, dynamic_ncols=True)
-    for i in progress:
-        if i == decay_at:
-            _set_lr(opt_g, train_cfg.lr * train_cfg.lr_decay_factor)
-            _set_lr(opt_d, train_cfg.lr * train_cfg.lr_decay_factor)
+    def iteration(self, i: int) -> None:
+        """Iteration ``i`` of the scale: lr decay at ``decay_at``, G steps, D steps."""
+        context = self.context
+        cfg, s, device = context.cfg, context.scale, context.device
+        train_cfg, weights = cfg.train, cfg.loss_weights
+        real, dtype, autocast = context.real, self.dtype, self.autocast
+        generator, discriminator = self.generator, self.discriminator
+        if i == self.decay_at:
+            _set_lr(self.opt_g, train_cfg.lr * train_cfg.lr_decay_factor)
+            _set_lr(self.opt_d, train_cfg.lr * train_cfg.lr_decay_factor)
         # ---- generator steps
         discriminator.requires_grad_(False)
-        segmentation_value = torch.full((), nan)
+        self.segmentation_value = torch.full((), float("nan"))
         for _ in range(train_cfg.g_steps):
             noises = make_noise(
-                context.shapes[: s + 1], amplitudes, 1, noise_generator, device, dtype
+                context.shapes[: s + 1],
+                self.state.noise_amplitudes,
+                1,
+                self.noise_generator,
+                device,
+                dtype,
             )
             with _autocast(device, autocast):
                 previous = _frozen_chain(generator, noises, s)
                 fake = generator.forward_scale(s, noises[s], previous)
-                g_adv = g_loss_fn(discriminator(fake).float())
-            total = g_adv
-            if need_rec:
-                rec = reconstruct()
+                self.g_adv = self.g_loss_fn(discriminator(fake).float())
+            total = self.g_adv
+            if self.need_rec:
+                rec = self.reconstruct()
                 if cfg.uses("reconstruction"):
                     total = total + weights.reconstruction * losses.reconstruction_loss(rec, real)
                 if cfg.uses("projection"):
@@ -438,13 +488,17 @@ def _train_scale(
                 if cfg.uses("segmentation"):
                     assert context.segmenter is not None
                     with _autocast(device, autocast):
-                        segmentation_value = losses.segmentation_loss(
-                            rec, real, context.segmenter, cfg.segmenter.crop_size, crop_generator
+                        self.segmentation_value = losses.segmentation_loss(
+                            rec,
+                            real,
+                            context.segmenter,
+                            cfg.segmenter.crop_size,
+                            self.crop_generator,
                         )
-                    total = total + weights.segmentation * segmentation_value
-            opt_g.zero_grad(set_to_none=True)
+                    total = total + weights.segmentation * self.segmentation_value
+            self.opt_g.zero_grad(set_to_none=True)
             total.backward()
-            opt_g.step()
+            self.opt_g.step()
         discriminator.requires_grad_(True)
         # ---- discriminator steps (on the last noise, as the seed)
         with torch.no_grad(), _autocast(device, autocast):
@@ -454,43 +508,74 @@ def _train_scale(
             with _autocast(device, autocast):
                 real_logits = discriminator(real_input).float()
                 fake_logits = discriminator(fake).float()
-            d_loss = d_loss_fn(real_logits, fake_logits)
+            d_loss = self.d_loss_fn(real_logits, fake_logits)
             if train_cfg.adversarial_loss == "wgangp" and weights.penalty > 0:
                 with _autocast(device, autocast):
-                    penalty = losses.gradient_penalty(discriminator, real, fake, noise_generator)
+                    penalty = losses.gradient_penalty(
+                        discriminator, real, fake, self.noise_generator
+                    )
                 d_loss = d_loss + weights.penalty * penalty.float()
             elif train_cfg.adversarial_loss == "zerogp" and weights.penalty > 0:
                 d_loss = d_loss + weights.penalty * losses.r1_penalty(real_logits, real_input)
-            opt_d.zero_grad(set_to_none=True)
+            self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
-            opt_d.step()
-        # ---- logging (the only host syncs of the loop)
-        if i % train_cfg.log_every == 0 or i == iterations - 1:
-            with torch.no_grad():
-                rec = reconstruct()
-                row: Row = {
-                    "scale": s,
-                    "iteration": i,
-                    "d_loss": float(d_loss.item()),
-                    "g_adv": float(g_adv.item()),
-                    "reconstruction": float(losses.reconstruction_loss(rec, real).item()),
-                    "projection": float(
-                        losses.projection_loss(rec, real, train_cfg.projection_mode).item()
-                    ),
-                    "segmentation": float(segmentation_value.item()),
-                    "noise_amplitude": amplitude,
-                    "rec_psnr": reconstruction_psnr(rec, real),
-                }
+            self.opt_d.step()
+        self.d_loss = d_loss
+
+    def log_row(self, i: int) -> Row:
+        """The history row after iteration ``i`` (host syncs: call at log points only)."""
+        context = self.context
+        real, mode = context.real, context.cfg.train.projection_mode
+        with torch.no_grad():
+            rec = self.reconstruct()
+            return {
+                "scale": context.scale,
+                "iteration": i,
+                "d_loss": float(self.d_loss.item()),
+                "g_adv": float(self.g_adv.item()),
+                "reconstruction": float(losses.reconstruction_loss(rec, real).item()),
+                "projection": float(losses.projection_loss(rec, real, mode).item()),
+                "segmentation": float(self.segmentation_value.item()),
+                "noise_amplitude": self.amplitude,
+                "rec_psnr": reconstruction_psnr(rec, real),
+            }
+
+    def finish(self) -> None:
+        """Store the optimiser and RNG states in the run state (for the checkpoint)."""
+        self.state.optimizer_states = {
+            "generator": self.opt_g.state_dict(),
+            "discriminator": self.opt_d.state_dict(),
+        }
+        self.state.rng_states = {
+            "noise": self.noise_generator.get_state(),
+            "crops": self.crop_generator.get_state(),
+        }
+
+
+def _train_scale(
+    context: _ScaleContext,
+    state: _RunState,
+    history: _HistoryWriter,
+    callbacks: Sequence[Callback],
+    seed: int,
+) -> None:
+    trainer = ScaleTrainer(context, state, seed)
+    log_every = context.cfg.train.log_every
+    iterations = trainer.iterations
+    progress = tqdm(
+        range(iterations), desc=f"scale {context.scale}", leave=False, dynamic_ncols=True
+    )
+    for i in progress:
+        trainer.iteration(i)
+        if i % log_every == 0 or i == iterations - 1:
+            row = trainer.log_row(i)
             history.append(row)
+            check_finite_row(row, context.cfg)
             progress.set_postfix(d=f"{row['d_loss']:.3g}", psnr=f"{row['rec_psnr']:.2f}")
             for callback in callbacks:
                 callback(row)
     progress.close()
-    state.optimizer_states = {"generator": opt_g.state_dict(), "discriminator": opt_d.state_dict()}
-    state.rng_states = {
-        "noise": noise_generator.get_state(),
-        "crops": crop_generator.get_state(),
-    }
+    trainer.finish()
 
 
 def _grow(
@@ -705,3 +790,46 @@ def iterate_seed_dirs(out_dir: str | Path, seeds: int) -> Iterator[tuple[int, Pa
     """``(k, out_dir/seed<k>)`` for k in 0 .. seeds-1 (the folders train_model writes into)."""
     for k in range(seeds):
         yield k, Path(out_dir) / f"seed{k}"
+
+
+def scale_trainer_at(
+    cfg: Config,
+    volumes: Sequence[np.ndarray],
+    scale: int,
+    seed: int = 0,
+    segmenter: nn.Module | None = None,
+) -> ScaleTrainer:
+    """A ``ScaleTrainer`` at scale ``scale`` of a fresh pyramid whose earlier scales are grown but
+    not trained (for timing: the cost of an iteration does not depend on the weights)."""
+    if not 0 <= scale < len(volumes):
+        raise ValueError(f"scale must be in [0, {len(volumes) - 1}]; got {scale}")
+    device = resolve_device(cfg.train.device)
+    precision = precision_settings(cfg.train.precision)
+    shapes = [tuple(int(v) for v in np.shape(volume)) for volume in volumes]
+    reals = [
+        torch.as_tensor(np.asarray(volume), dtype=precision.dtype).to(device)[None, None]
+        for volume in volumes
+    ]
+    if segmenter is not None:
+        segmenter.requires_grad_(False)
+        segmenter.eval()
+        segmenter.to(device)
+    channels = (
+        cfg.train.generator_channels if cfg.model == "3d" else cfg.train.slice_generator_channels
+    )
+    rec_generator = torch.Generator(device=device).manual_seed(
+        _derived_seed(seed, _PURPOSE_RECONSTRUCTION)
+    )
+    state = _RunState(
+        GeneratorPyramid(cfg.model or "3d", channels, precision.norm),
+        None,
+        [],
+        make_reconstruction_noise(shapes, rec_generator, device, precision.dtype),
+    )
+    trainer: ScaleTrainer | None = None
+    for s in range(scale + 1):
+        _grow(state, cfg, precision, shapes[s][0], seed, s, device)
+        context = _ScaleContext(cfg, s, device, precision, reals[s], shapes, segmenter)
+        trainer = ScaleTrainer(context, state, seed)
+    assert trainer is not None
+    return trainer
