@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -35,16 +36,18 @@ def ensure_writable_dir(path: str | Path) -> Path:
 def atomic_write(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it.
 
-    An interrupted write therefore never leaves a half-written file under the final name. The
+    An interrupted write therefore never leaves a half-written file under the final name; the
+    temporary file a killed process left behind is removed by the next write of the same file. The
     temporary name keeps the final suffix (``suffix`` overrides it) so that writers that pick a
     format from the extension (SimpleITK: ``.nii.gz``, ``.mha``) still work.
     """
     path = Path(path)
     ensure_writable_dir(path.parent)
     suffix = suffix if suffix is not None else "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent
-    )
+    prefix = f".{path.name.split('.')[0]}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)  # left by a process killed mid-write: never a final file
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
