@@ -236,7 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.run(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+    except (
+        UsageError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        PermissionError,
+    ) as err:
         print(f"ctgan {args.command}: error: {err}", file=sys.stderr)
         return 2
 

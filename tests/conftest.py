@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
@@ -43,3 +44,23 @@ def real_sample_dir() -> Path:
             f"real sample scan not found under {SHARED_DATA} (only in the project's workspace)"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread for the tiny volumes of the tests: on a 2-core machine more threads
+    oversubscribe (10-20x slower when anything else runs). Pipeline stages run in subprocesses
+    with torch's default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    """A tiny untrained, frozen segmenter (a feature extractor and the seg term's network)."""
+    from ctgan.segmenter import Segmenter, freeze
+
+    torch.manual_seed(0)
+    return freeze(Segmenter(base_channels=4, levels=2))

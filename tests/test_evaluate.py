@@ -18,7 +18,6 @@ from ctgan.config import load_config, scale_shapes
 from ctgan.intensity import hu_to_network, network_to_hu
 from ctgan.nets import build_generator_pyramid, make_reconstruction_noise
 from ctgan.preprocess import TrainingPyramid
-from ctgan.segmenter import Segmenter, freeze
 
 REPO = Path(__file__).resolve().parents[1]
 SPACINGS = [(4.0, 3.0, 3.0), (2.857, 2.0, 2.0)]
@@ -80,21 +79,6 @@ def fake_model_folder(root: Path, seeds: list[int]) -> Path:
         (model_dir / f"seed{k}").mkdir(parents=True)
         (model_dir / f"seed{k}" / "checkpoint.pt").write_bytes(b"")
     return model_dir
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny volumes: one thread is fastest on the shared CPU (no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def segmenter() -> Segmenter:
-    torch.manual_seed(0)
-    return freeze(Segmenter(base_channels=4, levels=2))
 
 
 @pytest.fixture

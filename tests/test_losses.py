@@ -3,8 +3,6 @@ segmentation term carries gradient through a frozen network."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -12,15 +10,6 @@ from torch import nn
 from ctgan import losses
 
 SHAPE = (2, 1, 3, 5, 5)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine more threads are 10-20x slower here."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _logits(value: float) -> torch.Tensor:

@@ -10,7 +10,6 @@ import torch
 
 from ctgan import metrics
 from ctgan.intensity import hu_to_network, network_to_paper
-from ctgan.segmenter import Segmenter, freeze
 
 SHAPE = (7, 30, 30)  # the smoke profile's finest scale
 SPACING = (2.0, 1.5, 1.5)
@@ -42,21 +41,6 @@ def lung_voxels(shape=SHAPE) -> int:
 @pytest.fixture(scope="module")
 def real() -> np.ndarray:
     return np.asarray(hu_to_network(chest_phantom_hu()))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny volumes: one thread is fastest on the shared CPU (no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def segmenter() -> Segmenter:
-    torch.manual_seed(0)
-    return freeze(Segmenter(base_channels=4, levels=2))
 
 
 # --- reconstruction --------------------------------------------------------------------------

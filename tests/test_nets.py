@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ from ctgan.nets import (
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 MODELS = ("3d", "2d")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine more threads are 10-20x slower here."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _pyramid(model: str, shapes: list[tuple[int, int, int]], channels: int = 4) -> GeneratorPyramid:
