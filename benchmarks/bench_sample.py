@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import re
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from machine import machine_info
 
 from ctgan.config import load_config, scale_shapes
 from ctgan.nets import build_generator_pyramid, make_reconstruction_noise
@@ -30,23 +28,6 @@ from ctgan.train import TrainedModel
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET_S = 1.0
-
-
-def machine() -> dict[str, object]:
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        match = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-        cpu = match.group(1).strip() if match else cpu
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_1min_at_start": load,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
 
 
 def paper_model(setting: str) -> TrainedModel:
@@ -95,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = machine()
+    info = machine_info()
     results = {}
     for setting in ("3d-A", "2d-A"):
         model = paper_model(setting)

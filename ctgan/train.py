@@ -621,6 +621,8 @@ def train_model(
     callbacks = list(callbacks)
     out_dir = ensure_writable_dir(out_dir)
     device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes within a scale: autotune the convs
     precision = precision_settings(cfg.train.precision)
     shapes = [tuple(int(v) for v in np.shape(volume)) for volume in pyramid.volumes]
     reals = [
