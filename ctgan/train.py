@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
 import logging
 import math
+import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +60,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
 HISTORY_NAME = "history.tsv"
 HISTORY_COLUMNS = (
+    "step",
     "scale",
     "iteration",
     "d_loss",
@@ -529,6 +534,10 @@ class ScaleTrainer:
         with torch.no_grad():
             rec = self.reconstruct()
             return {
+                "step": sum(
+                    iterations_for_scale(context.cfg.train, s) for s in range(context.scale)
+                )
+                + i,
                 "scale": context.scale,
                 "iteration": i,
                 "d_loss": float(self.d_loss.item()),
@@ -786,6 +795,46 @@ def load_trained(model_dir: str | Path, device: str | torch.device = "cpu") -> T
         model_dir=path.parent,
         seed=int(payload["seed"]),
     )
+
+
+def run_key(cfg: Config, seed: int) -> str:
+    """A short hash of what determines a run: the resolved config, the seed and the training code
+    (nets, losses, train). Two runs with the same key produce the same checkpoint."""
+    code = b"".join(
+        (Path(__file__).parent / name).read_bytes() for name in ("nets.py", "losses.py", "train.py")
+    )
+    text = json.dumps({"config": cfg.to_dict(), "seed": int(seed)}, sort_keys=True).encode()
+    return hashlib.sha256(text + code).hexdigest()[:12]
+
+
+def train_stage(
+    cfg: Config,
+    pyramid: PyramidLike,
+    out_dir: str | Path,
+    work_root: str | Path,
+    segmenter: nn.Module | None = None,
+    callbacks: Iterable[Callback] = (),
+) -> dict[str, pd.DataFrame]:
+    """Train every seed of ``cfg`` into ``out_dir/seed<k>/`` so that an interrupted stage resumes.
+
+    DVC deletes a stage's outputs before rerunning it, so the checkpoints of a run in progress
+    live in ``work_root/<setting>-seed<k>-<run_key>/`` (outside the outputs); a rerun of the same
+    config, seed and code resumes there after the last finished scale, and a finished seed is
+    moved into ``out_dir``. Work folders of another config or code version are discarded.
+    """
+    out_dir, work_root = ensure_writable_dir(out_dir), ensure_writable_dir(work_root)
+    histories = {}
+    for k, seed_dir in iterate_seed_dirs(out_dir, cfg.train.seeds):
+        work = work_root / f"{cfg.setting}-seed{k}-{run_key(cfg, k)}"
+        for stale in work_root.glob(f"{cfg.setting}-seed{k}-*"):
+            if stale != work:
+                logger.info("discarding %s (another config or code version)", stale)
+                shutil.rmtree(stale)
+        histories[f"seed{k}"] = train_model(cfg, pyramid, work, k, segmenter, callbacks)
+        if seed_dir.exists():
+            shutil.rmtree(seed_dir)
+        os.replace(work, seed_dir)
+    return histories
 
 
 def iterate_seed_dirs(out_dir: str | Path, seeds: int) -> Iterator[tuple[int, Path]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,9 @@ from ctgan.train import (
     read_history,
     reconstruction_psnr,
     resolve_device,
+    run_key,
     train_model,
+    train_stage,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,6 +192,34 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, model: str) -> 
     pd.testing.assert_frame_equal(
         read_history(tmp_path / "resumed"), read_history(tmp_path / "whole")
     )
+
+
+def test_train_stage_resumes_after_dvc_deleted_its_outputs(tmp_path: Path) -> None:
+    cfg = tiny_config("3d-B")
+    pyramid = synthetic_pyramid(scale_shapes(cfg.pyramid))
+    train_stage(cfg, pyramid, tmp_path / "whole", tmp_path / "work-whole")
+    stale = tmp_path / "work" / "3d-B-seed0-000000000000"
+    stale.mkdir(parents=True)
+    with pytest.raises(Interrupt):
+        train_stage(
+            cfg, pyramid, tmp_path / "out", tmp_path / "work", callbacks=[interrupt_at_scale(1)]
+        )
+    assert not stale.exists()
+    (work,) = (tmp_path / "work").iterdir()
+    assert torch.load(work / CHECKPOINT_NAME, weights_only=True)["completed_scales"] == 1
+    shutil.rmtree(tmp_path / "out")  # what DVC does to a stage's outputs before rerunning it
+    calls: list[dict[str, float]] = []
+    train_stage(cfg, pyramid, tmp_path / "out", tmp_path / "work", callbacks=[calls.append])
+    assert {row["scale"] for row in calls} == {1}  # scale 0 was not trained again
+    assert_same_state(state(tmp_path / "whole" / "seed0"), state(tmp_path / "out" / "seed0"))
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_run_key_follows_config_and_seed() -> None:
+    cfg = tiny_config("3d-B")
+    assert run_key(cfg, 0) == run_key(tiny_config("3d-B"), 0)
+    assert run_key(cfg, 0) != run_key(cfg, 1)
+    assert run_key(cfg, 0) != run_key(tiny_config("3d-B", lr=1e-3), 0)
 
 
 def test_a_finished_run_is_not_retrained(tmp_path: Path) -> None:
