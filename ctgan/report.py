@@ -281,12 +281,14 @@ def build_report(
         "",
     ]
     if segmenter:
-        dice = segmenter.get("dice", segmenter)
         lines += [
             "## The segmenter behind the segmentation term",
             "",
             f"Validation ({segmenter.get('validation', 'see metrics/segmenter.json')}): Dice lungs "
-            f"{_fmt(dice.get('lungs'))}, Dice nodules {_fmt(dice.get('nodules'))}.",
+            f"{_fmt(segmenter.get('dice_lungs'))}, Dice nodules "
+            f"{_fmt(segmenter.get('dice_nodules'))} (crops); on the whole held-out volume "
+            f"{_fmt(segmenter.get('dice_lungs_whole_volume'))} and "
+            f"{_fmt(segmenter.get('dice_nodules_whole_volume'))}.",
             "",
         ]
     with atomic_write(report_path) as tmp:
