@@ -246,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as err:
         print(f"ctgan {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`ctgan info ... | head`): not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
