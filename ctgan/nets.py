@@ -29,6 +29,18 @@ NOISE_PADDING = 5  # 5 unpadded 3x3x3 convs shrink each axis by 10 voxels
 NEGATIVE_SLOPE = 0.2
 
 
+def load_weights(module: nn.Module, state_dict: dict, mismatch: str) -> nn.Module:
+    """``module.load_state_dict(state_dict)``; a mismatch (a file written for another
+    architecture or version) becomes a ValueError that starts with ``mismatch`` and gives torch's
+    reason, instead of torch's multi-line RuntimeError."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0]
+        raise ValueError(mismatch.replace("{reason}", reason)) from err
+    return module
+
+
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from ctgan.config import SegmenterConfig
 from ctgan.io import atomic_write
 from ctgan.luna16 import Luna16Folder
+from ctgan.nets import load_weights
 from ctgan.preprocess import load_training_scan
 
 logger = logging.getLogger(__name__)
@@ -276,13 +277,12 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segm
     payload = read_segmenter_file(path)
     architecture = payload["architecture"]
     model = Segmenter(**architecture)
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(
-            f"segmenter weights in {path} do not fit the architecture it declares "
-            f"{architecture} (a file for another architecture?): {err}; rerun the segmenter stage"
-        ) from err
+    load_weights(
+        model,
+        payload["state_dict"],
+        f"segmenter weights in {path} do not fit the architecture it declares {architecture} "
+        f"(a file for another architecture?): {{reason}}; rerun the segmenter stage",
+    )
     return freeze(model.to(device))  # type: ignore[return-value]
 
 

@@ -48,6 +48,7 @@ from ctgan.nets import (
     GeneratorPyramid,
     build_generator_pyramid,
     grow_discriminator,
+    load_weights,
     make_noise,
     make_reconstruction_noise,
     upsample,
@@ -329,27 +330,23 @@ def _restore_generator(payload: dict[str, Any], path: Path) -> GeneratorPyramid:
     generator = build_generator_pyramid(
         arch["model"], int(arch["channels"]), arch["norm"], [int(d) for d in arch["depths"]]
     )
-    try:
-        generator.load_state_dict(payload["generator"])
-    except RuntimeError as err:
-        raise ValueError(
-            f"checkpoint {path} does not match the generator architecture it declares ({err}); "
-            f"it was written by another version of ctgan: retrain the model"
-        ) from err
-    return generator
+    return load_weights(
+        generator,
+        payload["generator"],
+        f"checkpoint {path} does not match the generator architecture it declares ({{reason}}); "
+        f"it was written by another version of ctgan: retrain the model",
+    )
 
 
 def _restore_discriminator(payload: dict[str, Any], path: Path) -> Discriminator:
     arch = payload["discriminator_architecture"]
     discriminator = Discriminator(int(arch["channels"]), arch["norm"])
-    try:
-        discriminator.load_state_dict(payload["discriminator"])
-    except RuntimeError as err:
-        raise ValueError(
-            f"checkpoint {path} does not match the discriminator architecture ({err}); "
-            f"retrain the model"
-        ) from err
-    return discriminator
+    return load_weights(
+        discriminator,
+        payload["discriminator"],
+        f"checkpoint {path} does not match the discriminator architecture ({{reason}}); "
+        f"retrain the model",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
