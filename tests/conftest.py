@@ -64,3 +64,37 @@ def segmenter():
 
     torch.manual_seed(0)
     return freeze(Segmenter(base_channels=4, levels=2))
+
+
+def untrained_smoke_model(seed: int = 0, model_dir: Path | None = None):
+    """A TrainedModel-like object: an untrained 3D pyramid (widths 4) at the smoke sizes
+    (5, 20, 20), (7, 30, 30), with a source geometry; for tests of code that only needs the
+    interface of ``ctgan.train.TrainedModel``."""
+    import types
+
+    from ctgan.config import load_config, scale_shapes
+    from ctgan.nets import build_generator_pyramid, make_reconstruction_noise
+
+    torch.manual_seed(seed)
+    config = load_config(
+        Path(__file__).resolve().parents[1] / "params.yaml", setting="3d-B", profile="smoke"
+    )
+    shapes = scale_shapes(config.pyramid)
+    generator = build_generator_pyramid("3d", 4, "instance", [s[0] for s in shapes])
+    generator.eval().requires_grad_(False)
+    return types.SimpleNamespace(
+        config=config,
+        generator=generator,
+        noise_amplitudes=[1.0, 0.1],
+        reconstruction_noise=make_reconstruction_noise(shapes, torch.Generator().manual_seed(seed)),
+        scale_shapes=shapes,
+        scale_spacings_zyx_mm=[(4.0, 3.0, 3.0), (20 / 7, 2.0, 2.0)],
+        source={
+            "seriesuid": "1.2.3",
+            "origin_xyz_mm": [-10.0, -20.0, -30.0],
+            "direction": [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
+            "spacing_xyz_mm": [1.0, 1.0, 2.0],
+            "shape_zyx": [10, 60, 60],
+        },
+        model_dir=model_dir,
+    )

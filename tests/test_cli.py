@@ -17,12 +17,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 import yaml
+from conftest import untrained_smoke_model
 
 from ctgan import __version__, cli
 from ctgan import sample as sampling
-from ctgan.config import load_config, resolve_config, scale_shapes
+from ctgan.config import resolve_config
 from ctgan.intensity import hu_to_network, network_to_paper
-from ctgan.nets import build_generator_pyramid, make_reconstruction_noise
 from ctgan.train import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,27 +46,7 @@ def assert_one_line_error(code: int, err: str, command: str, match: str) -> None
 
 def fake_model(model_dir: Path) -> types.SimpleNamespace:
     """A TrainedModel-like object: untrained 3D pyramid at the smoke sizes (5,20,20), (7,30,30)."""
-    torch.manual_seed(0)
-    config = load_config(REPO / "params.yaml", setting="3d-B", profile="smoke")
-    shapes = scale_shapes(config.pyramid)
-    generator = build_generator_pyramid("3d", 4, "instance", [s[0] for s in shapes])
-    generator.eval().requires_grad_(False)
-    return types.SimpleNamespace(
-        config=config,
-        generator=generator,
-        noise_amplitudes=[1.0, 0.1],
-        reconstruction_noise=make_reconstruction_noise(shapes, torch.Generator().manual_seed(0)),
-        scale_shapes=shapes,
-        scale_spacings_zyx_mm=[(4.0, 3.0, 3.0), (20 / 7, 2.0, 2.0)],
-        source={
-            "seriesuid": "1.2.3",
-            "origin_xyz_mm": [-10.0, -20.0, -30.0],
-            "direction": [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
-            "spacing_xyz_mm": [1.0, 1.0, 2.0],
-            "shape_zyx": [10, 60, 60],
-        },
-        model_dir=model_dir,
-    )
+    return untrained_smoke_model(0, model_dir)
 
 
 @pytest.fixture

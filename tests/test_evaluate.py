@@ -11,12 +11,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from conftest import untrained_smoke_model
 
 from ctgan import evaluate, figures, metrics
 from ctgan.config import load_config, scale_shapes
 from ctgan.intensity import hu_to_network, network_to_hu
-from ctgan.nets import build_generator_pyramid, make_reconstruction_noise
 from ctgan.preprocess import TrainingPyramid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,19 +57,9 @@ def fake_pyramid() -> TrainingPyramid:
 
 def fake_model(seed: int) -> types.SimpleNamespace:
     """A TrainedModel-like object with an untrained smoke-sized 3D pyramid."""
-    torch.manual_seed(seed)
-    config = load_config(REPO / "params.yaml", setting="3d-B", profile="smoke")
-    shapes = smoke_shapes()
-    generator = build_generator_pyramid("3d", 4, "instance", [s[0] for s in shapes])
-    generator.eval().requires_grad_(False)
-    return types.SimpleNamespace(
-        config=config,
-        generator=generator,
-        noise_amplitudes=[1.0, 0.1],
-        reconstruction_noise=make_reconstruction_noise(shapes, torch.Generator().manual_seed(seed)),
-        scale_shapes=shapes,
-        scale_spacings_zyx_mm=SPACINGS,
-    )
+    model = untrained_smoke_model(seed)
+    model.scale_spacings_zyx_mm = SPACINGS
+    return model
 
 
 def fake_model_folder(root: Path, seeds: list[int]) -> Path:
