@@ -27,10 +27,6 @@ PROJECTION_MODES = ("mean", "edge")
 PRECISIONS = ("float32", "bf16", "reference")
 DEVICES = ("auto", "cpu", "cuda")
 
-# The HU window of the paper: [-1000, 1000] HU is mapped to [0, 1] for metrics (ctgan-facts §1).
-HU_MIN = -1000.0
-HU_MAX = 1000.0
-
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
@@ -63,8 +59,13 @@ class DataConfig:
 
     @property
     def root(self) -> Path:
-        """The LUNA16-layout folder of the active source."""
+        """The LUNA16-layout folder of the active source, as written in params.yaml."""
         return Path(self.phantom_dir if self.source == "phantom" else self.luna16_dir)
+
+    def root_for(self, params_path: str | Path) -> Path:
+        """:attr:`root` resolved against the folder of ``params_path`` (a relative path in
+        params.yaml means relative to params.yaml, wherever the notebook runs)."""
+        return Path(params_path).resolve().parent / self.root
 
 
 @dataclass(frozen=True)

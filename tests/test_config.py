@@ -249,3 +249,8 @@ def test_scale_shapes_grow_monotonically_and_end_near_max(min_size, ratio, steps
     assert all(a[1] <= b[1] and a[0] <= b[0] for a, b in zip(shapes, shapes[1:], strict=False))
     assert all(d >= 1 and h == w for d, h, w in shapes)
     assert abs(shapes[-1][1] - pyramid.max_size) <= pyramid.max_size * (ratio - 1) + 1
+
+
+def test_data_root_is_relative_to_params_yaml(tmp_path):
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.data.root_for(tmp_path / "params.yaml") == tmp_path / cfg.data.root
