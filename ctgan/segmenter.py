@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from ctgan.config import SegmenterConfig
 from ctgan.io import atomic_write
 from ctgan.luna16 import Luna16Folder
-from ctgan.nets import load_weights
+from ctgan.nets import Conv3d, load_weights
 from ctgan.preprocess import load_training_scan
 
 logger = logging.getLogger(__name__)
@@ -79,10 +79,10 @@ Box = tuple[slice, slice, slice]
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
+        Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
         nn.InstanceNorm3d(out_channels, affine=True),
         nn.LeakyReLU(0.2),
-        nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1),
+        Conv3d(out_channels, out_channels, kernel_size=3, padding=1),
         nn.InstanceNorm3d(out_channels, affine=True),
         nn.LeakyReLU(0.2),
     )
@@ -127,9 +127,9 @@ class Segmenter(nn.Module):
         # The head also sees the raw input: InstanceNorm removes each crop's absolute intensity
         # level, which is what tells air (-1000 HU) from lung (-850 HU).
         self.head = nn.Sequential(
-            nn.Conv3d(widths[0] + in_channels, widths[0], kernel_size=3, padding=1),
+            Conv3d(widths[0] + in_channels, widths[0], kernel_size=3, padding=1),
             nn.LeakyReLU(0.2),
-            nn.Conv3d(widths[0], out_channels, kernel_size=1),
+            Conv3d(widths[0], out_channels, kernel_size=1),
         )
 
     @property

@@ -9,6 +9,7 @@ import torch
 
 from ctgan.config import load_config, scale_shapes
 from ctgan.nets import (
+    Conv3d,
     ConvBlock,
     Discriminator,
     GeneratorPyramid,
@@ -215,3 +216,34 @@ def test_architecture_rebuilds_the_pyramid() -> None:
     rebuilt = build_generator_pyramid(**pyramid.architecture())  # type: ignore[arg-type]
     rebuilt.load_state_dict(pyramid.state_dict())
     assert rebuilt.depths == [4, 6]
+
+
+# --- Conv3d: oneDNN for float32 on CPU ---------------------------------------------------------
+
+
+def test_conv3d_float32_matches_torch_and_trains() -> None:
+    torch.manual_seed(0)
+    conv = Conv3d(3, 5, 3, padding=1)
+    x = torch.randn(1, 3, 4, 9, 11, requires_grad=True)  # batch 1, N*C*D*H small: torch's slow path
+    out = conv(x)
+    expected = torch.nn.functional.conv3d(x, conv.weight, conv.bias, padding=1)
+    assert out.shape == (1, 5, 4, 9, 11) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    out.square().sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None and conv.bias.grad is not None
+    assert torch.isfinite(conv.weight.grad).all()
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning")
+def test_conv3d_leaves_bf16_autocast_float64_and_disabled_onednn_to_torch() -> None:
+    torch.manual_seed(0)
+    conv = Conv3d(2, 2, 3)
+    x = torch.randn(1, 2, 5, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
+    assert conv.double()(x.double()).dtype == torch.float64
+    conv.float()
+    with torch.backends.mkldnn.flags(enabled=False):
+        torch.testing.assert_close(
+            conv(x), torch.nn.functional.conv3d(x, conv.weight, conv.bias), atol=1e-5, rtol=1e-5
+        )
