@@ -100,6 +100,13 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--batch-size", type=int, default=4, help="volumes per forward pass")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bf16"),
+        default="auto",
+        help="bf16 autocast (about 2x faster) or float32; auto = bf16 where the device computes "
+        "it natively (AVX512-BF16/AMX CPU, bf16 GPU), else float32",
+    )
     p.set_defaults(run=_run_sample)
 
 
@@ -124,6 +131,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             "--scale cannot be combined with --inject-from (injection keeps the training size)"
         )
     device = _resolve_cli_device(args.device)
+    precision = sampling.resolve_precision(args.precision, device)
     model = _load_model_for_cli(args.model_dir, device)
     shape = sampling.output_shape(model, args.scale)
     spacing = sampling.output_spacing_zyx_mm(model, args.scale)
@@ -137,12 +145,25 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     if injecting:
         volumes = sampling.inject(
-            model, start_volume, args.inject_scale, args.n, args.seed, args.batch_size
+            model,
+            start_volume,
+            args.inject_scale,
+            args.n,
+            args.seed,
+            args.batch_size,
+            progress=args.n > 1,
+            precision=precision,
         )
         stem = f"inject{args.inject_scale}_seed{args.seed}"
     else:
         volumes = sampling.sample_volumes(
-            model, args.n, args.seed, args.scale, args.batch_size, progress=args.n > 1
+            model,
+            args.n,
+            args.seed,
+            args.scale,
+            args.batch_size,
+            progress=args.n > 1,
+            precision=precision,
         )
         stem = f"sample_seed{args.seed}"
     for i, volume in enumerate(volumes):
@@ -152,7 +173,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     spacing_text = " x ".join(f"{v:g}" for v in spacing)
     print(
         f"wrote {len(volumes)} volume(s) of shape (z, y, x) {shape}, spacing {spacing_text} mm, "
-        f"to {out_dir}",
+        f"to {out_dir} ({precision} on {device})",
         file=sys.stderr,
     )
     return 0

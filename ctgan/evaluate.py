@@ -106,12 +106,19 @@ def evaluate_trained(
             f"the model's finest scale {finest} differs from the training volume's {real.shape}; "
             f"evaluate against the pyramid the model was trained on (data/preprocessed)"
         )
+    # float32 whatever the machine: the metrics must not depend on its bf16 support
     samples = sample_volumes(
-        model, num_samples, seed=seed, batch_size=1, device=device, progress=progress
+        model,
+        num_samples,
+        seed=seed,
+        batch_size=1,
+        device=device,
+        progress=progress,
+        precision="float32",
     )  # (K, D, H, W)
     inputs = MetricInputs(
         real=np.asarray(real, dtype=np.float32),
-        reconstruction=reconstruct(model),
+        reconstruction=reconstruct(model, precision="float32"),
         samples=samples,
         spacing_zyx_mm=tuple(float(v) for v in spacing_zyx_mm),  # type: ignore[arg-type]
         segmenter=segmenter,

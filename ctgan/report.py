@@ -135,7 +135,9 @@ def _reconstructions_hu(models_dir: Path, names: Sequence[str]) -> dict[str, Any
     from ctgan.train import load_trained
 
     return {
-        name: network_to_hu(reconstruct(load_trained(first_seed_folder(models_dir / name))))
+        name: network_to_hu(
+            reconstruct(load_trained(first_seed_folder(models_dir / name)), precision="float32")
+        )
         for name in names
     }
 

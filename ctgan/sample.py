@@ -21,6 +21,14 @@ Seeding. The noise of sample ``i`` is drawn from one CPU ``torch.Generator`` see
 sample after sample: the same seed gives identical volumes, and sample ``i`` does not depend on
 ``n``; across batch sizes it agrees up to float rounding (batched convolution kernels).
 
+Precision. ``precision="float32"`` computes in float32; ``"bf16"`` runs each scale's network under
+bfloat16 autocast (its activations are bf16; the weights, the residual sum and the upsampling
+between scales stay float32), about 2x faster where the hardware computes bf16 natively; ``"auto"`` (the default) picks bf16 there (a CPU with
+AVX512-BF16 or AMX, a CUDA GPU with bf16) and float32 elsewhere. On this project's trained models
+bf16 changes a volume by a few HU on average and the reconstruction PSNR by hundredths of a dB
+(``benchmarks/bench_sample.py``, ``docs/performance.md``); the evaluation computes its metrics in
+float32 so that they do not depend on the machine.
+
 Geometry of exported files (int16 HU): spacing = the finest training level's (for any size
 factor); direction = the source scan's; origin = the source origin moved by half a voxel so that
 the training grid covers the scan's field of view (:func:`output_origin_xyz_mm`).
@@ -53,6 +61,8 @@ RECEPTIVE_FIELD_3D = 11
 # 2D generator: three 2x max-poolings between unpadded convolutions; below this in-plane size the
 # encoder runs out of pixels.
 MINIMUM_IN_PLANE_2D = 16
+
+PRECISIONS = ("auto", "float32", "bf16")
 
 EXPORT_SUFFIXES = (".nii.gz", ".mha")
 # Formats that carry spacing, origin and direction (what an injection file must have).
@@ -174,6 +184,28 @@ def _resolve_device(model: TrainedModel, device: str | torch.device | None) -> t
     return target
 
 
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (elsewhere bf16 autocast is emulated and slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, torch >= 2.3
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``"auto"`` -> ``"bf16"`` where :func:`native_bf16` holds, else ``"float32"``; the others
+    as given. Anything else is a ValueError naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "float32"
+    return precision
+
+
 def _per_sample_noise(
     model: TrainedModel, shapes: list[Shape3], n: int, seed: int, dtype: torch.dtype
 ) -> list[list[torch.Tensor]]:
@@ -197,13 +229,14 @@ def _run_batches(
     batch_size: int,
     device: torch.device,
     progress: bool,
+    precision: str,
     start_scale: int = 0,
     start_volume: torch.Tensor | None = None,
 ) -> np.ndarray:
     n = len(noises)
     out: list[np.ndarray] = []
     starts = range(0, n, batch_size)
-    with torch.inference_mode():
+    with torch.inference_mode(), _precision_context(precision, device):
         for start in tqdm(
             starts, desc="sampling", unit="batch", disable=not progress or len(starts) < 2
         ):
@@ -224,6 +257,11 @@ def _run_batches(
     return np.concatenate(out).astype(np.float32)
 
 
+def _precision_context(precision: str, device: torch.device) -> torch.autocast:
+    """bf16 autocast for ``"bf16"``, a disabled autocast (plain float32) otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def sample_volumes(
     model: TrainedModel,
     n: int,
@@ -232,22 +270,31 @@ def sample_volumes(
     batch_size: int = 4,
     device: str | torch.device | None = None,
     progress: bool = True,
+    precision: str = "auto",
 ) -> np.ndarray:
     """``n`` random volumes ``(n, D, H, W)`` float32 in [-1, 1], from fresh noise at every level.
 
     ``scale`` = per-axis size factor (z, y, x) applied to the noise maps of every level (checked
     before any work, see :func:`scaled_shapes`). The same ``seed`` gives identical volumes, and
     volume ``i`` does not depend on ``batch_size`` or ``n``. ``device=None`` runs where the
-    generator is.
+    generator is. ``precision``: auto | float32 | bf16 (module docstring).
     """
     _check_count("n", n)
     _check_count("batch_size", batch_size)
     shapes = scaled_shapes(model, scale)
     device = _resolve_device(model, device)
+    precision = resolve_precision(precision, device)
     _, dtype = _generator_device_dtype(model)
     noises = _per_sample_noise(model, shapes, n, seed, dtype)
-    log.debug("sampling %d volume(s) of shape %s (scale %s, seed %d)", n, shapes[-1], scale, seed)
-    return _run_batches(model, noises, batch_size, device, progress)
+    log.debug(
+        "sampling %d volume(s) of shape %s (scale %s, seed %d, %s)",
+        n,
+        shapes[-1],
+        scale,
+        seed,
+        precision,
+    )
+    return _run_batches(model, noises, batch_size, device, progress, precision)
 
 
 def _check_network_volume(volume: np.ndarray | torch.Tensor, name: str = "volume") -> torch.Tensor:
@@ -292,12 +339,14 @@ def inject(
     batch_size: int = 4,
     device: str | torch.device | None = None,
     progress: bool = True,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Start the pyramid at level ``scale_index`` from ``volume`` and return ``(n, D, H, W)``.
 
     ``volume``: ``(D, H, W)`` in the network range [-1, 1] (any size: it is resized to the level;
     HU files go through :func:`read_injection_volume`). ``scale_index`` in 1 .. num_scales - 1: the
     higher, the more of ``volume`` is kept. Output at the training size, float32 in [-1, 1].
+    ``precision``: auto | float32 | bf16 (module docstring).
     """
     check_injection_scale(model, scale_index)
     start = _check_network_volume(volume)[None, None]  # (1, 1, D, H, W)
@@ -305,18 +354,21 @@ def inject(
     _check_count("batch_size", batch_size)
     shapes = scaled_shapes(model)
     device = _resolve_device(model, device)
+    precision = resolve_precision(precision, device)
     _, dtype = _generator_device_dtype(model)
     noises = _per_sample_noise(model, shapes, n, seed, dtype)
     return _run_batches(
-        model, noises, batch_size, device, progress, scale_index, start.to(dtype=dtype)
+        model, noises, batch_size, device, progress, precision, scale_index, start.to(dtype=dtype)
     )
 
 
-def reconstruct(model: TrainedModel) -> np.ndarray:
-    """The reconstruction ``(D, H, W)``: the generator fed the saved fixed noise (z_rec)."""
+def reconstruct(model: TrainedModel, precision: str = "auto") -> np.ndarray:
+    """The reconstruction ``(D, H, W)``: the generator fed the saved fixed noise (z_rec).
+    ``precision``: auto | float32 | bf16 (module docstring)."""
     device, dtype = _generator_device_dtype(model)
+    precision = resolve_precision(precision, device)
     noise = [z.to(device=device, dtype=dtype) for z in model.reconstruction_noise]
-    with torch.inference_mode():
+    with torch.inference_mode(), _precision_context(precision, device):
         volume = model.generator(noise)  # (1, 1, D, H, W)
     return volume[0, 0].float().clamp(-1, 1).cpu().numpy()
 

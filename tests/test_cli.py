@@ -109,6 +109,7 @@ def test_sample_help_shows_every_option(capsys):
         "--inject-scale",
         "--seed",
         "--device",
+        "--precision",
     ):
         assert option in out
 
@@ -137,6 +138,25 @@ def test_sample_writes_files_with_stable_names(capsys, fake_dir, tmp_path):
     image = sitk.ReadImage(str(written[0]))
     assert image.GetSize() == (30, 30, 7) and image.GetPixelID() == sitk.sitkInt16
     assert "wrote 2 volume(s) of shape (z, y, x) (7, 30, 30)" in err
+    assert "on cpu)" in err and ("(bf16 on cpu)" in err or "(float32 on cpu)" in err)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_sample_precision_is_used_and_reported(capsys, fake_dir, tmp_path, precision):
+    code, _, err = run_cli(
+        capsys, "sample", fake_dir, "--out", tmp_path / "o", "--precision", precision
+    )
+    assert code == 0, err
+    assert f"({precision} on cpu)" in err
+    assert sitk.ReadImage(str(tmp_path / "o" / "sample_seed0_000.nii.gz")).GetSize() == (30, 30, 7)
+
+
+def test_sample_unknown_precision_is_a_usage_error(capsys, fake_dir, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sample", str(fake_dir), "--out", str(tmp_path / "o"), "--precision", "fp16"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_info_prints_the_model(capsys, fake_dir):
