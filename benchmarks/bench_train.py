@@ -1,27 +1,28 @@
 """Training iterations per scale: our default numerics (bf16 autocast) vs the `reference` mode.
 
     .venv/bin/python benchmarks/bench_train.py [--rounds 3] [--paper-rounds 2] [--threads N]
-                                               [--no-paper] [--no-2d-paper]
+                                               [--finest-only] [--no-paper] [--no-2d-paper]
 
-One iteration = ``g_steps`` generator steps + ``d_steps`` discriminator steps, run by
+One iteration = ``g_steps`` generator steps + ``d_steps`` discriminator steps (3 + 3), run by
 ``ctgan.train.ScaleTrainer.iteration`` (the training loop's own code) on an untrained pyramid
 (``ctgan.train.scale_trainer_at``; the cost of an iteration does not depend on the weights) and a
 synthetic volume. The modes are timed side by side in one process, interleaved (round r times
 every mode once; the slow reference only in the first ``--reference-rounds`` rounds, default 1,
-without warm-up), after one untimed warm-up iteration of the default (which also counts the FLOPs with
-``torch.utils.flop_counter.FlopCounterMode``: convolutions, forward and backward, 2 FLOPs per
+without warm-up), after one untimed warm-up iteration of the default (which also counts the FLOPs
+with ``torch.utils.flop_counter.FlopCounterMode``: convolutions, forward and backward, 2 FLOPs per
 multiply-add); medians over the rounds and the ratio reference / default.
 
 Cases:
-- cpu profile (the default pipeline), 3d-D and 2d-D, every scale, 3 + 3 steps, bf16 vs reference;
-- paper profile, 3d-D (and 2d-D unless --no-2d-paper), bf16 only at scales 0-3 (3 + 3 steps);
-  the finest scale 23 x 141 x 141 runs 1 G + 1 D step (3d-D: bf16 and reference, the reference
-  there costs ~100 s per step pair) and its time is multiplied by 3 to estimate a 3 + 3 iteration
-  (it slightly overestimates: the per-iteration fake forward of the D steps is counted 3 times).
+- cpu profile (the default pipeline), 3d-D and 2d-D, every scale, bf16 vs reference;
+- paper profile, 3d-D (and 2d-D unless --no-2d-paper), bf16 at scales 0-3; at the finest scale
+  23 x 141 x 141, 3d-D bf16 vs reference (one reference iteration takes about 4-5 minutes here)
+  and 2d-D bf16. Every case times whole iterations.
 
-Writes benchmarks/results/train.json and train.md with the machine, torch version, thread count,
-the 1-min load average around every measurement, the achieved GFLOP/s against the estimated peak,
-and the schedule time per model (iterations_per_scale * (s + 1) iterations at scale s).
+The machine's practical peak is measured, not estimated: the GFLOP/s of a 4096^2 matrix product
+per precision with the same threads (``machine.measured_peak_gflops``). Writes
+benchmarks/results/<name>.json and .md with the machine, torch version, thread count, the 1-min
+load average around every measurement, the achieved GFLOP/s and its share of that peak, and the
+schedule time per model (iterations_per_scale * (s + 1) iterations at scale s).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import cpu_flags, machine_info
+from machine import cpu_flags, machine_info, measured_peak_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 from ctgan.config import Config, iterations_for_scale, load_config, num_scales, scale_shapes
@@ -46,34 +47,24 @@ from ctgan.train import ScaleTrainer, scale_trainer_at
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET_RATIO = 30.0
-# FLOP per cycle per core on AMD Zen 4 (2 x 256-bit FMA pipes; AVX-512 is double-pumped):
-# fp32 FMA 2 pipes x 8 lanes x 2 = 32; bf16 VDPBF16PS 1 zmm/cycle x 32 pairs x 2 = 64; fp64 16.
-FLOP_PER_CYCLE = {"bf16": 64, "float32": 32, "reference": 16}
+PEAK_KEY = {"bf16": "bf16", "float32": "float32", "reference": "float64"}
 
 
 def machine() -> dict[str, object]:
-    """machine_info() plus the clock, the AVX-512 flags and the estimated peak per precision."""
-    _, mhz, flags = cpu_flags()
-    info = machine_info()
-    ghz = (mhz or 0.0) / 1000
-    cores = int(info["cores"] or 1)
+    """machine_info() plus the AVX-512 flags and the measured matrix-product peak per precision."""
+    _, _, flags = cpu_flags()
     return {
-        **info,
-        "clock_ghz_reported": ghz,
+        **machine_info(),
         "avx512f": "avx512f" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
-        "peak_gflops_estimate": {
-            mode: round(min(int(info["threads"]), cores) * ghz * per_cycle, 1)
-            for mode, per_cycle in FLOP_PER_CYCLE.items()
-        },
+        "peak_gflops_measured": measured_peak_gflops(),
     }
 
 
-def with_mode(cfg: Config, mode: str, steps: tuple[int, int] | None) -> Config:
-    train = dataclasses.replace(cfg.train, precision=mode, device="cpu")
-    if steps is not None:
-        train = dataclasses.replace(train, g_steps=steps[0], d_steps=steps[1])
-    return dataclasses.replace(cfg, train=train)
+def with_mode(cfg: Config, mode: str) -> Config:
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, precision=mode, device="cpu")
+    )
 
 
 def build(cfg: Config, scale: int) -> ScaleTrainer:
@@ -99,18 +90,15 @@ def run_case(
     scale: int,
     modes: list[str],
     rounds: int,
-    steps: tuple[int, int] | None,
     reference_rounds: int,
+    peaks: dict[str, float],
 ) -> dict[str, object]:
     base = load_config(ROOT / "params.yaml", setting=setting, profile=profile)
     shape = scale_shapes(base.pyramid)[scale]
-    trainers = {mode: build(with_mode(base, mode, steps), scale) for mode in modes}
-    flops = 0.0
-    for mode, trainer in trainers.items():
-        if mode == modes[0]:
-            with FlopCounterMode(display=False) as counter:
-                trainer.iteration(0)
-            flops = float(counter.get_total_flops())
+    trainers = {mode: build(with_mode(base, mode), scale) for mode in modes}
+    with FlopCounterMode(display=False) as counter:
+        trainers[modes[0]].iteration(0)
+    flops = float(counter.get_total_flops())
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     loads = []
     for r in range(rounds):
@@ -119,8 +107,6 @@ def run_case(
                 continue
             times[mode].append(timed(trainers[mode], r + 1))
             loads.append(os.getloadavg()[0])
-    g_steps, d_steps = steps if steps is not None else (base.train.g_steps, base.train.d_steps)
-    factor = base.train.g_steps / g_steps
     result: dict[str, object] = {
         "profile": profile,
         "setting": setting,
@@ -130,19 +116,20 @@ def run_case(
         if base.model == "3d"
         else base.train.slice_generator_channels,
         "discriminator_channels": base.train.discriminator_channels,
-        "steps_timed": [g_steps, d_steps],
-        "extrapolation_factor": factor,
+        "steps": [base.train.g_steps, base.train.d_steps],
         "iterations_in_schedule": iterations_for_scale(base.train, scale),
-        "flops_per_iteration": flops * factor,
+        "flops_per_iteration": flops,
         "load_average_1min": [round(v, 2) for v in loads],
         "modes": {},
     }
     for mode in modes:
-        median = statistics.median(times[mode]) * factor
+        median = statistics.median(times[mode])
+        achieved = flops / median / 1e9
         result["modes"][mode] = {  # type: ignore[index]
             "times_s": [round(t, 4) for t in times[mode]],
             "median_s_per_iteration": median,
-            "gflops_achieved": flops * factor / median / 1e9,
+            "gflops_achieved": achieved,
+            "share_of_measured_peak": achieved / peaks[PEAK_KEY[mode]],
         }
     if "reference" in modes and len(modes) > 1:
         result["ratio_reference_over_default"] = (
@@ -167,7 +154,7 @@ def schedule_seconds(cases: list[dict[str, object]], profile: str, setting: str)
 def markdown(report: dict[str, object]) -> str:
     info = report["machine"]
     assert isinstance(info, dict)
-    peak = info["peak_gflops_estimate"]
+    peak = info["peak_gflops_measured"]
     lines = [
         "# Training iteration time: default (bf16 autocast) vs reference (float64 + BatchNorm)",
         "",
@@ -175,10 +162,10 @@ def markdown(report: dict[str, object]) -> str:
         f"(AVX-512: {info['avx512f']}, AVX512_BF16: {info['avx512_bf16']}), "
         f"torch {info['torch']}, {info['threads']} threads, python {info['python']}; "
         f"1-min load average at start {info['load_average_1min_at_start']:.2f} (per case below). "
-        f"Estimated peak at {info['clock_ghz_reported']:.2f} GHz: bf16 {peak['bf16']} GFLOP/s, "
-        f"float32 {peak['float32']}, float64 {peak['reference']} (Zen 4: 64 / 32 / 16 FLOP per "
-        "cycle per core). One iteration = 3 G + 3 D steps; FLOPs counted by FlopCounterMode. "
-        "Rows marked * timed 1 G + 1 D step, times x3.",
+        f"Measured peak (4096^2 matrix product, same threads): bf16 {peak['bf16']} GFLOP/s, "
+        f"float32 {peak['float32']}, float64 {peak['float64']}. One iteration = 3 G + 3 D steps, "
+        "timed whole; FLOPs counted by FlopCounterMode; % = share of the measured peak of the "
+        "mode's precision.",
         "",
         "| profile | setting | scale | shape (z, y, x) | G/D ch | GFLOP/it | bf16 s/it | bf16 GFLOP/s "
         "| reference s/it | reference GFLOP/s | ratio | load |",
@@ -188,17 +175,17 @@ def markdown(report: dict[str, object]) -> str:
     assert isinstance(cases, list)
     for c in cases:
         modes = c["modes"]
-        star = "*" if c["extrapolation_factor"] != 1 else ""
         bf16 = modes["bf16"]
         ref = modes.get("reference")
         ratio = c.get("ratio_reference_over_default")
         lines.append(
-            f"| {c['profile']} | {c['setting']} | {c['scale']}{star} | {tuple(c['shape_zyx'])} | "
+            f"| {c['profile']} | {c['setting']} | {c['scale']} | {tuple(c['shape_zyx'])} | "
             f"{c['generator_channels']}/{c['discriminator_channels']} | "
             f"{c['flops_per_iteration'] / 1e9:.1f} | {bf16['median_s_per_iteration']:.3f} | "
-            f"{bf16['gflops_achieved']:.0f} | "
+            f"{bf16['gflops_achieved']:.0f} ({bf16['share_of_measured_peak']:.0%}) | "
             + (
-                f"{ref['median_s_per_iteration']:.2f} | {ref['gflops_achieved']:.1f} | "
+                f"{ref['median_s_per_iteration']:.2f} | {ref['gflops_achieved']:.1f} "
+                f"({ref['share_of_measured_peak']:.0%}) | "
                 if ref
                 else "- | - | "
             )
@@ -246,41 +233,25 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine()
+    peaks = info["peak_gflops_measured"]
+    assert isinstance(peaks, dict)
     start = time.perf_counter()
     cases = []
+
+    def case(profile: str, setting: str, scale: int, modes: list[str], rounds: int) -> None:
+        cases.append(run_case(profile, setting, scale, modes, rounds, args.reference_rounds, peaks))
+
     for setting in () if args.finest_only else ("3d-D", "2d-D"):
         for scale in range(3):
-            cases.append(
-                run_case(
-                    "cpu",
-                    setting,
-                    scale,
-                    ["bf16", "reference"],
-                    args.rounds,
-                    None,
-                    args.reference_rounds,
-                )
-            )
+            case("cpu", setting, scale, ["bf16", "reference"], args.rounds)
     if not args.no_paper:
         settings = ["3d-D"] if args.no_2d_paper else ["3d-D", "2d-D"]
         for setting in [] if args.finest_only else settings:
             for scale in range(4):
-                cases.append(
-                    run_case("paper", setting, scale, ["bf16"], args.paper_rounds, None, 0)
-                )
-        cases.append(
-            run_case(
-                "paper",
-                "3d-D",
-                4,
-                ["bf16", "reference"],
-                args.paper_rounds,
-                (1, 1),
-                args.reference_rounds,
-            )
-        )
+                case("paper", setting, scale, ["bf16"], args.paper_rounds)
+        case("paper", "3d-D", 4, ["bf16", "reference"], args.paper_rounds)
         if not args.no_2d_paper and not args.finest_only:
-            cases.append(run_case("paper", "2d-D", 4, ["bf16"], args.paper_rounds, (1, 1), 0))
+            case("paper", "2d-D", 4, ["bf16"], args.paper_rounds)
     schedules = {
         f"{profile} schedule, {setting}": schedule_seconds(cases, profile, setting)
         for profile in ("cpu", "paper")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -38,3 +39,27 @@ def machine_info() -> dict[str, object]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+
+
+def measured_peak_gflops(size: int = 4096, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of a ``size`` x ``size`` matrix product per precision (best of ``repeats`` after a
+    warm-up), with torch's current thread count: the practical peak the convolutions compare with.
+    Keys: bf16, float32, float64 (the ``reference`` numerics)."""
+    import torch
+
+    result = {}
+    for name, dtype in (
+        ("bf16", torch.bfloat16),
+        ("float32", torch.float32),
+        ("float64", torch.float64),
+    ):
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        result[name] = round(2 * size**3 / best / 1e9, 1)
+    return result
