@@ -143,28 +143,18 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out} is a file, not a folder; give a folder to write into")
     out_dir = ensure_writable_dir(args.out)  # PermissionError: reported by main
 
+    common = {
+        "n": args.n,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "progress": args.n > 1,
+        "precision": precision,
+    }
     if injecting:
-        volumes = sampling.inject(
-            model,
-            start_volume,
-            args.inject_scale,
-            args.n,
-            args.seed,
-            args.batch_size,
-            progress=args.n > 1,
-            precision=precision,
-        )
+        volumes = sampling.inject(model, start_volume, args.inject_scale, **common)
         stem = f"inject{args.inject_scale}_seed{args.seed}"
     else:
-        volumes = sampling.sample_volumes(
-            model,
-            args.n,
-            args.seed,
-            args.scale,
-            args.batch_size,
-            progress=args.n > 1,
-            precision=precision,
-        )
+        volumes = sampling.sample_volumes(model, scale=args.scale, **common)
         stem = f"sample_seed{args.seed}"
     for i, volume in enumerate(volumes):
         path = Path(out_dir) / f"{stem}_{i:03d}.{args.format}"
