@@ -57,9 +57,9 @@ class Conv3d(nn.Conv3d):
     PyTorch sends a batch-1 float32 3D convolution to oneDNN only when N*C*D*H > 20480 and to a
     slow reference kernel otherwise: most of this project's layers at the cpu profile's sizes, and
     the coarse scales at the paper's. Measured here (2 cores): a float32 sample of the cpu
-    profile's 3D model 0.31 -> 0.05 s; float32 training iterations at its sizes 1.0-2.0x faster (the backward
-    pass keeps PyTorch's choice). bf16 (autocast) and float64 (the ``reference`` numerics) go
-    through ``nn.Conv3d`` unchanged: bf16 always uses oneDNN, float64 never can.
+    profile's 3D model 0.31 -> 0.05 s; float32 training iterations at its sizes 1.0-2.0x faster
+    (the backward pass keeps PyTorch's choice). bf16 (autocast) and float64 (the ``reference``
+    numerics) go through ``nn.Conv3d`` unchanged: bf16 always uses oneDNN, float64 never can.
     """
 
     def _conv_forward(

@@ -23,11 +23,12 @@ sample after sample: the same seed gives identical volumes, and sample ``i`` doe
 
 Precision. ``precision="float32"`` computes in float32; ``"bf16"`` runs each scale's network under
 bfloat16 autocast (its activations are bf16; the weights, the residual sum and the upsampling
-between scales stay float32), about 2x faster where the hardware computes bf16 natively; ``"auto"`` (the default) picks bf16 there (a CPU with
-AVX512-BF16 or AMX, a CUDA GPU with bf16) and float32 elsewhere. On this project's trained models
-bf16 changes a volume by a few HU on average and the reconstruction PSNR by hundredths of a dB
-(``benchmarks/bench_sample.py``, ``docs/performance.md``); the evaluation computes its metrics in
-float32 so that they do not depend on the machine.
+between scales stay float32), 2-2.5x faster where the hardware computes bf16 natively; ``"auto"``
+(the default) picks bf16 there (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16) and float32
+elsewhere. On this project's trained models bf16 changes a volume by a few HU on average and the
+reconstruction PSNR by less than 0.01 dB (``benchmarks/bench_sample.py``,
+``docs/performance.md``); the evaluation computes its metrics in float32 so that they do not
+depend on the machine.
 
 Geometry of exported files (int16 HU): spacing = the finest training level's (for any size
 factor); direction = the source scan's; origin = the source origin moved by half a voxel so that
