@@ -45,8 +45,6 @@ def measured_peak_gflops(size: int = 4096, repeats: int = 5) -> dict[str, float]
     """GFLOP/s of a ``size`` x ``size`` matrix product per precision (best of ``repeats`` after a
     warm-up), with torch's current thread count: the practical peak the convolutions compare with.
     Keys: bf16, float32, float64 (the ``reference`` numerics)."""
-    import torch
-
     result = {}
     for name, dtype in (
         ("bf16", torch.bfloat16),
