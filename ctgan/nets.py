@@ -17,7 +17,9 @@ Deliberate departures from the seed (docs in the README, ctgan-facts §6):
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,12 @@ def load_weights(module: nn.Module, state_dict: dict, mismatch: str) -> nn.Modul
     return module
 
 
+def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast on ``device`` (the ``bf16`` precision of training and sampling), or a disabled
+    one (the networks' own dtype) when ``enabled`` is False."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
@@ -51,35 +59,159 @@ def _check_spatial_dims(spatial_dims: int) -> None:
         raise ValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}")
 
 
-class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` whose float32 forward on CPU always runs oneDNN's kernel.
+def _onednn_cpu(input: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A 5D CPU convolution that oneDNN runs: float32, or bf16 under autocast (not float64)."""
+    return (
+        input.device.type == "cpu"
+        and input.dim() == 5
+        and weight.dtype != torch.float64
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
 
-    PyTorch sends a batch-1 float32 3D convolution to oneDNN only when N*C*D*H > 20480 and to a
-    slow reference kernel otherwise: most of this project's layers at the cpu profile's sizes, and
-    the coarse scales at the paper's. Measured here (2 cores): a float32 sample of the cpu
-    profile's 3D model 0.31 -> 0.05 s; float32 training iterations at its sizes 1.0-2.0x faster
-    (the backward pass keeps PyTorch's choice). bf16 (autocast) and float64 (the ``reference``
-    numerics) go through ``nn.Conv3d`` unchanged: bf16 always uses oneDNN, float64 never can.
+
+def _channels_last(weight: torch.Tensor) -> torch.Tensor:
+    """A copy of a 5D weight with channels-last strides (differentiable; the weights are small).
+
+    A tensor with one input channel already counts as "channels-last contiguous" with contiguous
+    strides, and torch then reads it as contiguous: ``contiguous(memory_format=...)`` would keep it.
+    """
+    return torch.empty_like(weight, memory_format=torch.channels_last_3d).copy_(weight)
+
+
+def _conv3d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: Sequence[int],
+) -> torch.Tensor:
+    """Stride-1 3D convolution with zero padding; on CPU (not float64) oneDNN in channels-last."""
+    if not _onednn_cpu(input, weight):
+        return F.conv3d(input, weight, bias, padding=tuple(padding))
+    weight = _channels_last(weight)
+    if (
+        input.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return torch.mkldnn_convolution(input, weight, bias, padding, (1, 1, 1), (1, 1, 1), 1)
+    return F.conv3d(input, weight, bias, padding=tuple(padding))
+
+
+class _OneOutputConv(torch.autograd.Function):
+    """A stride-1 conv with one output channel whose backward runs as two wide forward convs.
+
+    oneDNN has no efficient kernel for the backward of a C -> 1 convolution: at the finest paper
+    scale (32 -> 1, bf16, 2 cores) it took 51 ms against 32 ms for the forward. The same gradients:
+    - input: the forward conv of the output gradient with the transposed, flipped kernel (1 -> C,
+      "full" padding k - 1 - p);
+    - weight: a 1 -> k^3 conv with one-hot kernels lays out the k^3 shifted copies of the output
+      gradient on the input's grid, then one matrix product with the input (C x k^3).
+    Both are ordinary differentiable ops, so double backward (WGAN-GP) works.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        padding: tuple[int, int, int],
+    ) -> torch.Tensor:
+        ctx.save_for_backward(input, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return _conv3d(input, weight, bias, padding)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        input, weight = ctx.saved_tensors
+        kernel = tuple(weight.shape[2:])
+        full = [k - 1 - p for k, p in zip(kernel, ctx.padding, strict=True)]
+        grad = grad.to(input.dtype)
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = _conv3d(grad, weight.transpose(0, 1).flip(2, 3, 4), None, full)
+        if ctx.needs_input_grad[1]:
+            taps = math.prod(kernel)
+            one_hot = torch.eye(taps, dtype=grad.dtype, device=grad.device)
+            shifted = _conv3d(grad, one_hot.view(taps, 1, *kernel).flip(2, 3, 4), None, full)
+            channels = input.shape[1]
+            rows = input.permute(0, 2, 3, 4, 1).reshape(-1, channels)  # (N*D*H*W, C)
+            cols = shifted.permute(0, 2, 3, 4, 1).reshape(-1, taps)  # (N*D*H*W, k^3)
+            grad_weight = (rows.t() @ cols).view(1, channels, *kernel).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=(0, 2, 3, 4))
+        return grad_input, grad_weight, grad_bias, None
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs oneDNN on CPU in the channels-last layout, float32 included.
+
+    - Layout: on CPU (float32, or bf16 under autocast) the weight is passed in channels-last
+      (NDHWC) layout, so oneDNN computes in that layout and returns a channels-last activation;
+      with :class:`InstanceNorm3d` the whole network stays channels-last. In the contiguous layout
+      oneDNN reorders every input and output to its own blocked layout and back: measured here
+      (bf16, 2 cores) a 32 -> 32 conv at the finest paper scale took 104 ms contiguous against
+      63 ms channels-last. The parameters themselves keep their layout (state dicts unchanged).
+    - float32: PyTorch sends a batch-1 float32 3D convolution to oneDNN only when N*C*D*H > 20480
+      and to a slow reference kernel otherwise: most of this project's layers at the cpu profile's
+      sizes, and the coarse scales at the paper's. Measured here: a float32 sample of the cpu
+      profile's 3D model 0.31 -> 0.05 s.
+    - One output channel (the last conv of G and D): the backward of :class:`_OneOutputConv`.
+    bf16 is what autocast would run (input, weight and bias cast to bf16). float64 (the
+    ``reference`` numerics, which oneDNN cannot run) goes through ``nn.Conv3d`` unchanged.
     """
 
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
         if (
-            input.device.type == "cpu"
-            and input.dim() == 5
-            and input.dtype == torch.float32
-            and weight.dtype == torch.float32
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-            and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled
+            not _onednn_cpu(input, weight)
+            or self.padding_mode != "zeros"
+            or isinstance(self.padding, str)
+            or self.stride != (1, 1, 1)
+            or self.dilation != (1, 1, 1)
+            or self.groups != 1
         ):
-            return torch.mkldnn_convolution(
-                input, weight, bias, self.padding, self.stride, self.dilation, self.groups
-            )
-        return super()._conv_forward(input, weight, bias)
+            return super()._conv_forward(input, weight, bias)
+        padding = tuple(int(p) for p in self.padding)
+        if torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+            input, weight = input.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        if input.dtype != weight.dtype:
+            return super()._conv_forward(input, weight, bias)  # torch's dtype error
+        with torch.autocast("cpu", enabled=False):
+            if self.out_channels == 1 and torch.is_grad_enabled():
+                return _OneOutputConv.apply(input, weight, bias, padding)
+            return _conv3d(input, weight, bias, padding)
+
+
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` that keeps a channels-last activation channels-last.
+
+    torch's ``instance_norm`` views ``(N, C, ...)`` as ``(1, N*C, ...)``, which copies a
+    channels-last tensor to the contiguous layout (59 ms for 32 channels at the finest paper scale
+    in bf16, against 4 ms for the norm itself). The same statistics without the copy: for a batch
+    of one, ``batch_norm`` with batch statistics (per channel over D, H, W: the one volume's
+    instance statistics; training always runs batches of one); a channels-last batch of N > 1 is
+    normalised one volume at a time the same way and concatenated. Anything else goes to torch.
+    """
+
+    def _one_volume(self, volume: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(volume, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() != 5 or input.shape[1] != self.num_features or self.track_running_stats:
+            return super().forward(input)
+        if input.shape[0] == 1:
+            return self._one_volume(input)
+        if input.is_contiguous(memory_format=torch.channels_last_3d) and not input.is_contiguous():
+            return torch.cat([self._one_volume(volume) for volume in input.split(1)])
+        return super().forward(input)
 
 
 def make_conv(
@@ -96,7 +228,7 @@ def make_norm(spatial_dims: int, channels: int, norm: str) -> nn.Module:
     _check_spatial_dims(spatial_dims)
     _check_choice("norm", norm, NORMS)
     if norm == "instance":
-        cls = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
+        cls = InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
         return cls(channels, affine=True)
     cls = nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d
     return cls(channels)

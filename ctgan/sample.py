@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from ctgan.intensity import hu_to_network, network_to_hu_int16
 from ctgan.io import atomic_write
-from ctgan.nets import make_noise
+from ctgan.nets import bf16_autocast, make_noise
 
 if TYPE_CHECKING:
     from ctgan.train import TrainedModel
@@ -237,7 +237,7 @@ def _run_batches(
     n = len(noises)
     out: list[np.ndarray] = []
     starts = range(0, n, batch_size)
-    with torch.inference_mode(), _precision_context(precision, device):
+    with torch.inference_mode(), bf16_autocast(device, precision == "bf16"):
         for start in tqdm(
             starts, desc="sampling", unit="batch", disable=not progress or len(starts) < 2
         ):
@@ -256,11 +256,6 @@ def _run_batches(
             volumes = model.generator(batch, **kwargs)  # (B, 1, D, H, W)
             out.append(volumes[:, 0].float().clamp(-1, 1).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
-
-
-def _precision_context(precision: str, device: torch.device) -> torch.autocast:
-    """bf16 autocast for ``"bf16"``, a disabled autocast (plain float32) otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def sample_volumes(
@@ -369,7 +364,7 @@ def reconstruct(model: TrainedModel, precision: str = "auto") -> np.ndarray:
     device, dtype = _generator_device_dtype(model)
     precision = resolve_precision(precision, device)
     noise = [z.to(device=device, dtype=dtype) for z in model.reconstruction_noise]
-    with torch.inference_mode(), _precision_context(precision, device):
+    with torch.inference_mode(), bf16_autocast(device, precision == "bf16"):
         volume = model.generator(noise)  # (1, 1, D, H, W)
     return volume[0, 0].float().clamp(-1, 1).cpu().numpy()
 

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from ctgan.config import SegmenterConfig
 from ctgan.io import atomic_write
 from ctgan.luna16 import Luna16Folder
-from ctgan.nets import Conv3d, load_weights
+from ctgan.nets import Conv3d, InstanceNorm3d, load_weights
 from ctgan.preprocess import load_training_scan
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,10 @@ Box = tuple[slice, slice, slice]
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.InstanceNorm3d(out_channels, affine=True),
+        InstanceNorm3d(out_channels, affine=True),
         nn.LeakyReLU(0.2),
         Conv3d(out_channels, out_channels, kernel_size=3, padding=1),
-        nn.InstanceNorm3d(out_channels, affine=True),
+        InstanceNorm3d(out_channels, affine=True),
         nn.LeakyReLU(0.2),
     )
 

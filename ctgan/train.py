@@ -20,7 +20,6 @@ Departures from the seed, on purpose:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -46,6 +45,7 @@ from ctgan.io import atomic_write, ensure_writable_dir, write_json
 from ctgan.nets import (
     Discriminator,
     GeneratorPyramid,
+    bf16_autocast,
     build_generator_pyramid,
     grow_discriminator,
     load_weights,
@@ -53,6 +53,7 @@ from ctgan.nets import (
     make_reconstruction_noise,
     upsample,
 )
+from ctgan.runtime import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -149,12 +150,6 @@ def precision_settings(precision: str) -> Precision:
     if precision == "reference":
         return Precision(torch.float64, "batch", False)
     raise ValueError(f"train.precision must be float32, bf16 or reference; got {precision!r}")
-
-
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _derived_seed(seed: int, *keys: int) -> int:
@@ -420,7 +415,7 @@ class ScaleTrainer:
         self.crop_generator = torch.Generator(device="cpu").manual_seed(
             _derived_seed(seed, s, _PURPOSE_CROPS)
         )
-        with _autocast(device, self.autocast):
+        with bf16_autocast(device, self.autocast):
             rec_previous = _frozen_chain(self.generator, state.reconstruction_noise, s)
         if rec_previous is not None:
             rec_previous = upsample(rec_previous.to(self.dtype), context.shapes[s])
@@ -447,7 +442,7 @@ class ScaleTrainer:
     def reconstruct(self) -> torch.Tensor:
         """G_s(z_rec) on the frozen chain's reconstruction (with autograd unless disabled)."""
         context = self.context
-        with _autocast(context.device, self.autocast):
+        with bf16_autocast(context.device, self.autocast):
             return self.generator.forward_scale(
                 context.scale, self.state.reconstruction_noise[context.scale], self.rec_previous
             ).to(self.dtype)
@@ -474,7 +469,7 @@ class ScaleTrainer:
                 device,
                 dtype,
             )
-            with _autocast(device, autocast):
+            with bf16_autocast(device, autocast):
                 previous = _frozen_chain(generator, noises, s)
                 fake = generator.forward_scale(s, noises[s], previous)
                 self.g_adv = self.g_loss_fn(discriminator(fake).float())
@@ -489,7 +484,7 @@ class ScaleTrainer:
                     )
                 if cfg.uses("segmentation"):
                     assert context.segmenter is not None
-                    with _autocast(device, autocast):
+                    with bf16_autocast(device, autocast):
                         self.segmentation_value = losses.segmentation_loss(
                             rec,
                             real,
@@ -503,16 +498,16 @@ class ScaleTrainer:
             self.opt_g.step()
         discriminator.requires_grad_(True)
         # ---- discriminator steps (on the last noise, as the seed)
-        with torch.no_grad(), _autocast(device, autocast):
+        with torch.no_grad(), bf16_autocast(device, autocast):
             fake = generator.forward_scale(s, noises[s], previous).to(dtype)
         for _ in range(train_cfg.d_steps):
             real_input = real.detach().requires_grad_(train_cfg.adversarial_loss == "zerogp")
-            with _autocast(device, autocast):
+            with bf16_autocast(device, autocast):
                 real_logits = discriminator(real_input).float()
                 fake_logits = discriminator(fake).float()
             d_loss = self.d_loss_fn(real_logits, fake_logits)
             if train_cfg.adversarial_loss == "wgangp" and weights.penalty > 0:
-                with _autocast(device, autocast):
+                with bf16_autocast(device, autocast):
                     penalty = losses.gradient_penalty(
                         discriminator, real, fake, self.noise_generator
                     )
@@ -629,6 +624,8 @@ def train_model(
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes within a scale: autotune the convs
+    else:
+        keep_freed_memory()  # no page faults for the big activations (ctgan.runtime)
     precision = precision_settings(cfg.train.precision)
     shapes = [tuple(int(v) for v in np.shape(volume)) for volume in pyramid.volumes]
     reals = [

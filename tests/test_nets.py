@@ -13,6 +13,7 @@ from ctgan.nets import (
     ConvBlock,
     Discriminator,
     GeneratorPyramid,
+    InstanceNorm3d,
     SliceStackGenerator,
     build_generator_pyramid,
     grow_discriminator,
@@ -247,3 +248,112 @@ def test_conv3d_leaves_bf16_autocast_float64_and_disabled_onednn_to_torch() -> N
         torch.testing.assert_close(
             conv(x), torch.nn.functional.conv3d(x, conv.weight, conv.bias), atol=1e-5, rtol=1e-5
         )
+
+
+# --- channels-last on CPU: Conv3d, InstanceNorm3d, the one-output-channel backward ---------------
+
+CHANNELS_LAST = torch.channels_last_3d
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_conv3d_returns_channels_last_on_cpu_and_matches_torch(in_channels: int) -> None:
+    torch.manual_seed(0)
+    conv = Conv3d(in_channels, 4, 3, padding=1)
+    x = torch.randn(1, in_channels, 5, 6, 7)
+    expected = torch.nn.functional.conv3d(
+        x.double(), conv.weight.double(), conv.bias.double(), padding=1
+    )
+    out = conv(x)
+    assert out.is_contiguous(memory_format=CHANNELS_LAST) and not out.is_contiguous()
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = conv(x)
+    assert low.dtype == torch.bfloat16 and low.is_contiguous(memory_format=CHANNELS_LAST)
+    torch.testing.assert_close(low.double(), expected, atol=0.05, rtol=0.02)
+    assert conv.double()(x.double()).is_contiguous()  # float64 (the reference): torch's own path
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_instance_norm_matches_torch_in_every_path(
+    batch: int, channels_last: bool, grad: bool
+) -> None:
+    torch.manual_seed(0)
+    ours = InstanceNorm3d(4, affine=True)
+    with torch.no_grad():
+        ours.weight.normal_()
+        ours.bias.normal_()
+    theirs = torch.nn.InstanceNorm3d(4, affine=True)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(batch, 4, 5, 6, 7) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+    x_ours = x.clone().requires_grad_(grad)
+    x_theirs = x.clone().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out = ours(x_ours)
+        expected = theirs(x_theirs)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    if channels_last:
+        assert out.is_contiguous(memory_format=CHANNELS_LAST)
+    if grad:
+        weights = torch.randn_like(expected)
+        (out * weights).sum().backward()
+        (expected * weights).sum().backward()
+        torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_instance_norm_keeps_torch_errors() -> None:
+    with pytest.raises(ValueError, match="expected input's size at dim=1 to match num_features"):
+        InstanceNorm3d(4, affine=True)(torch.randn(1, 3, 4, 4, 4))
+
+
+@pytest.mark.parametrize(("kernel", "padding", "batch"), [(3, 0, 1), (3, 1, 2), (1, 0, 1)])
+def test_one_output_conv_gradients_match_torch_to_second_order(
+    kernel: int, padding: int, batch: int
+) -> None:
+    """The last conv of G and D (one output channel) has its own backward: first- and
+    second-order gradients (WGAN-GP differentiates through D's gradient) equal torch's."""
+    torch.manual_seed(0)
+    conv = Conv3d(5, 1, kernel, padding=padding)
+    x = torch.randn(batch, 5, 6, 7, 8, requires_grad=True)
+    out = conv(x)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad(
+        (out * weights).sum(), (x, conv.weight, conv.bias), create_graph=True
+    )
+    (second,) = torch.autograd.grad(grads[0].square().sum() + grads[1].square().sum(), x)
+
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = conv.weight.detach().double().requires_grad_(True)
+    b64 = conv.bias.detach().double().requires_grad_(True)
+    out64 = torch.nn.functional.conv3d(x64, w64, b64, padding=padding)
+    grads64 = torch.autograd.grad(
+        (out64 * weights.double()).sum(), (x64, w64, b64), create_graph=True
+    )
+    (second64,) = torch.autograd.grad(grads64[0].square().sum() + grads64[1].square().sum(), x64)
+
+    torch.testing.assert_close(out.double(), out64, atol=1e-5, rtol=1e-5)
+    for ours, theirs in zip((*grads, second), (*grads64, second64), strict=True):
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours.double(), theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_one_output_conv_in_bf16_stays_close_to_float64() -> None:
+    torch.manual_seed(0)
+    conv = Conv3d(8, 1, 3)
+    x = torch.randn(1, 8, 7, 9, 9, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = conv.weight.detach().double().requires_grad_(True)
+    torch.nn.functional.conv3d(x64, w64, conv.bias.detach().double()).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+    assert conv.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=0.02, rtol=0.01)
+    torch.testing.assert_close(conv.weight.grad.double(), w64.grad, atol=0.5, rtol=0.01)
