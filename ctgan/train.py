@@ -53,7 +53,7 @@ from ctgan.nets import (
     make_reconstruction_noise,
     upsample,
 )
-from ctgan.runtime import keep_freed_memory
+from ctgan.runtime import freed_memory_kept
 
 logger = logging.getLogger(__name__)
 
@@ -624,8 +624,6 @@ def train_model(
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes within a scale: autotune the convs
-    else:
-        keep_freed_memory()  # no page faults for the big activations (ctgan.runtime)
     precision = precision_settings(cfg.train.precision)
     shapes = [tuple(int(v) for v in np.shape(volume)) for volume in pyramid.volumes]
     reals = [
@@ -645,13 +643,17 @@ def train_model(
         logger.info("%s already holds all %d scales; nothing to train", out_dir, len(shapes))
         return history.frame()
 
-    for s in range(state.completed_scales, len(shapes)):
-        _grow(state, cfg, precision, shapes[s][0], seed, s, device)
-        context = _ScaleContext(cfg, s, device, precision, reals[s], shapes, segmenter)
-        _train_scale(context, state, history, callbacks, seed)
-        state.completed_scales = s + 1
-        _save_checkpoint(checkpoint_path, _checkpoint_payload(cfg, seed, state, pyramid, shapes))
-        logger.info("scale %d done: checkpoint %s", s, checkpoint_path)
+    # oneDNN precisions on CPU: freed activations are reused instead of page-faulted in anew
+    keep = device.type == "cpu" and precision.dtype != torch.float64
+    with freed_memory_kept(keep):
+        for s in range(state.completed_scales, len(shapes)):
+            _grow(state, cfg, precision, shapes[s][0], seed, s, device)
+            context = _ScaleContext(cfg, s, device, precision, reals[s], shapes, segmenter)
+            _train_scale(context, state, history, callbacks, seed)
+            state.completed_scales = s + 1
+            payload = _checkpoint_payload(cfg, seed, state, pyramid, shapes)
+            _save_checkpoint(checkpoint_path, payload)
+            logger.info("scale %d done: checkpoint %s", s, checkpoint_path)
     return history.frame()
 
 
