@@ -110,8 +110,9 @@ def run_case(
         for mode in modes:
             if mode == "reference" and r >= reference_rounds:
                 continue
-            with freed_memory_kept(mode != "reference"):  # as train_model
-                if mode != "reference":
+            kept = mode != "reference"  # as train_model: the oneDNN precisions only
+            with freed_memory_kept(kept):
+                if kept:
                     trainers[mode].iteration(r + 1)  # untimed: the kept heap warms up
                 times[mode].append(timed(trainers[mode], r + 1))
             loads.append(os.getloadavg()[0])
