@@ -23,10 +23,10 @@ sample after sample: the same seed gives identical volumes, and sample ``i`` doe
 
 Precision. ``precision="float32"`` computes in float32; ``"bf16"`` runs each scale's network under
 bfloat16 autocast (its activations are bf16; the weights, the residual sum and the upsampling
-between scales stay float32), 2-2.5x faster where the hardware computes bf16 natively; ``"auto"``
-(the default) picks bf16 there (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16) and float32
-elsewhere. On this project's trained models bf16 changes a volume by a few HU on average and the
-reconstruction PSNR by less than 0.01 dB (``benchmarks/bench_sample.py``,
+between scales stay float32), about 2x faster where the hardware computes bf16 natively;
+``"auto"`` (the default) picks bf16 there (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16) and
+float32 elsewhere. On this project's trained models bf16 changes a volume by a few HU on average
+and the reconstruction PSNR by at most 0.012 dB (``benchmarks/bench_sample.py``,
 ``docs/performance.md``); the evaluation computes its metrics in float32 so that they do not
 depend on the machine.
 
