@@ -12,11 +12,20 @@ The result (``write_metrics`` -> ``metrics/<model>-<setting>.json``)::
      "mse": mean, "psnr": mean, "ssim": mean,          # the paper's numbers, flat for `dvc metrics show`
      "reconstruction": {"mse": {"mean": .., "sd": .., "per_seed": [..]}, "psnr": {...}, ...},
      "realism": {"hu_wasserstein": {...}, "frechet_axial": {...}, "lung_fraction": {...}, ...},
+     "anatomy": {"lung_fraction_of_body": {...}, "lung_fraction_of_body_real": {...}, ...},
      "diversity": {"diversity": {...}, "voxel_sd_hu": {...}},
      "memorisation": {"max_ssim_to_training": {...}, "copies_of_training": {...}, ...},
+     "verdict": {"chest_like_count": {...}, "chest_like_of": {...}, "passes": {...}, ...},
+     "per_sample": {"chest_like": [[K values of seed 0], [K values of seed 1], ...], ...},
+     "config": {"profile": "cpu", "setting": "3d-D", "terms": [...], "pyramid": {...},
+                "train": {...}, "loss_weights": {...}},   # the training procedure of the model
      "notes": {...}}                                   # how the metrics were computed
 
-``sd`` is the sample standard deviation over seeds (ddof 1), 0 for a single seed.
+``sd`` is the sample standard deviation over seeds (ddof 1), 0 for a single seed. ``per_sample``
+keeps every sample's anatomy values and chest-like flag, one list per seed, in sample order
+(sample *i* of a seed is the *i*-th of ``sample_volumes(model, K, seed=sampling_seed)``).
+``config`` is the first seed's resolved config without the data and evaluate sections, so that
+a report can say which training procedure produced the numbers.
 """
 
 from __future__ import annotations
@@ -30,17 +39,12 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from ctgan import anatomy
+from ctgan.features import SegmenterLike
 from ctgan.io import write_json
-from ctgan.metrics import (
-    FAMILIES,
-    MEMORISATION_SSIM_THRESHOLD,
-    METRICS,
-    PSNR_CAP_DB,
-    MetricInputs,
-    SegmenterLike,
-    compute_metrics,
-)
+from ctgan.metrics import FAMILIES, PER_SAMPLE, MetricInputs, compute_metrics
 from ctgan.sample import reconstruct, sample_volumes
+from ctgan.similarity import MEMORISATION_SSIM_THRESHOLD, PSNR_CAP_DB
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +128,21 @@ def evaluate_trained(
         segmenter=segmenter,
         device=device,
     )
-    names = [n for n in METRICS if segmenter is not None or not n.startswith("frechet_")]
-    return compute_metrics(inputs, names)
+    return compute_metrics(inputs)
 
 
 def summarise_seeds(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
-    """``{family: {name: {"mean", "sd", "per_seed"}}}`` over seeds (sd with ddof 1, 0 for one)."""
+    """``{family: {name: {"mean", "sd", "per_seed"}}}`` over seeds (sd with ddof 1, 0 for one);
+    the per-sample lists become ``{"per_sample": {name: [list of seed 0, list of seed 1, ...]}}``."""
     if not per_seed:
         raise ValueError("summarise_seeds needs the metrics of at least one seed; got none")
     summary: dict[str, dict[str, Any]] = {}
     for family, values in per_seed[0].items():
+        if family == PER_SAMPLE:
+            summary[family] = {
+                name: [list(result[family][name]) for result in per_seed] for name in values
+            }
+            continue
         summary[family] = {}
         for name in values:
             series = [float(result[family][name]) for result in per_seed]
@@ -188,6 +197,8 @@ def evaluate_model(
     }
     result.update({m: summary["reconstruction"][m]["mean"] for m in FLAT_METRICS})
     result.update({family: summary.get(family, {}) for family in FAMILIES})
+    result[PER_SAMPLE] = summary.get(PER_SAMPLE, {})
+    result["config"] = training_procedure(config)
     result["notes"] = {
         "scale": "reconstruction metrics on [0, 1] = (HU + 1000) / 2000 of the finest scale",
         "psnr_cap_db": PSNR_CAP_DB,
@@ -198,15 +209,40 @@ def evaluate_model(
             else "frozen segmenter encoder (CT-specific; not comparable with Inception SIFID/FID)"
         ),
         "memorisation_ssim_threshold": MEMORISATION_SSIM_THRESHOLD,
+        "chest_like_criteria": chest_like_criteria(),
     }
     check_finite(result)
     return result
 
 
+def training_procedure(config: Any) -> dict[str, Any]:
+    """What produced a model: its resolved config (``Config.to_dict()``) without the data and
+    evaluate sections (profile, setting, terms, pyramid, train, loss weights, segmenter)."""
+    values = dict(config.to_dict())
+    for key in ("data", "evaluate"):
+        values.pop(key, None)
+    return values
+
+
+def chest_like_criteria() -> dict[str, float]:
+    """The chest-like criteria and model checks of ``ctgan.anatomy``, as recorded in a result."""
+    return {
+        "body_threshold_hu": anatomy.BODY_THRESHOLD_HU,
+        "lung_threshold_hu": anatomy.LUNG_THRESHOLD_HU,
+        "lung_side_min_fraction_of_body": anatomy.LUNG_SIDE_MIN_FRACTION,
+        "lung_fraction_tolerance": anatomy.CHEST_LUNG_FRACTION_TOLERANCE,
+        "tissue_l1_max": anatomy.CHEST_TISSUE_L1_MAX,
+        "body_w1_max_hu": anatomy.CHEST_BODY_W1_MAX_HU,
+        "chest_like_min_share": anatomy.CHEST_LIKE_MIN_SHARE,
+        "diversity_min": anatomy.DIVERSITY_MIN,
+        "max_ssim_to_training_below": anatomy.MAX_SSIM_TO_TRAINING,
+    }
+
+
 def check_finite(result: dict[str, Any]) -> None:
     """Raise ValueError naming the first metric whose mean over seeds is not finite."""
     for family in FAMILIES:
-        for name, entry in result[family].items():
+        for name, entry in result.get(family, {}).items():
             if not math.isfinite(entry["mean"]):
                 raise ValueError(
                     f"metric {family}.{name} is not finite ({entry['mean']}); the samples or the "

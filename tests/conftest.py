@@ -98,3 +98,53 @@ def untrained_smoke_model(seed: int = 0, model_dir: Path | None = None):
         },
         model_dir=model_dir,
     )
+
+
+TINY_CHEST_SHAPE = (7, 30, 30)  # the smoke profile's finest scale
+
+
+def chest_phantom_hu(shape=TINY_CHEST_SHAPE, seed: int = 0) -> np.ndarray:
+    """A tiny chest in HU: air, an elliptic body (40 HU, textured), two lungs (-850 HU)."""
+    rng = np.random.default_rng(seed)
+    depth, height, width = shape
+    z, y, x = np.meshgrid(
+        np.linspace(-1, 1, depth),
+        np.linspace(-1, 1, height),
+        np.linspace(-1, 1, width),
+        indexing="ij",
+    )
+    volume = np.full(shape, -1000.0)
+    body = (y / 0.75) ** 2 + (x / 0.9) ** 2 < 1
+    volume[body] = 40.0 + rng.normal(0, 30, body.sum())
+    for centre in (-0.4, 0.4):
+        lung = ((y + 0.05) / 0.45) ** 2 + ((x - centre) / 0.3) ** 2 + (z / 1.4) ** 2 < 1
+        volume[lung] = -850.0 + rng.normal(0, 20, lung.sum())
+    return volume
+
+
+def synthetic_chest_hu(
+    shape=(10, 40, 40), seed: int = 0, lungs: tuple[float, ...] = (-0.42, 0.42)
+) -> np.ndarray:
+    """A chest-like volume in HU: air (-1000), an elliptic body (~0 HU, textured) inside a fat
+    ring (-100 HU), a spine (400 HU) behind the midline, and one lung ellipse (-850 HU) per
+    x centre in ``lungs`` (default both sides)."""
+    rng = np.random.default_rng(seed)
+    depth, height, width = shape
+    z, y, x = np.meshgrid(
+        np.linspace(-1, 1, depth),
+        np.linspace(-1, 1, height),
+        np.linspace(-1, 1, width),
+        indexing="ij",
+    )
+    volume = np.full(shape, -1000.0)
+    ring = (y / 0.78) ** 2 + (x / 0.95) ** 2
+    volume[ring < 1] = -100.0  # subcutaneous fat
+    inner = ring < 0.78
+    volume[inner] = 20.0  # soft tissue
+    volume[(x / 0.12) ** 2 + ((y - 0.55) / 0.12) ** 2 < 1] = 400.0  # spine (posterior = +y)
+    for centre in lungs:
+        lung = ((y + 0.05) / 0.42) ** 2 + ((x - centre) / 0.27) ** 2 + (z / 1.5) ** 2 < 1
+        volume[lung] = -850.0
+    body = ring < 1
+    volume[body] += rng.normal(0, 15, body.sum())
+    return volume

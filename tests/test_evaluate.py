@@ -136,6 +136,15 @@ def test_evaluate_model_writes_every_family_finite_with_k_and_seeds(
     # two different untrained models: their reconstructions differ, so sd > 0
     assert written["reconstruction"]["mse"]["sd"] > 0
     assert written["notes"]["lung_method"] == "segmenter"
+    # per-sample anatomy: one list of K values per seed; the verdict counts them
+    chest_like = written["per_sample"]["chest_like"]
+    assert [len(values) for values in chest_like] == [3, 3]
+    assert written["verdict"]["chest_like_count"]["per_seed"] == [sum(v) for v in chest_like]
+    assert written["verdict"]["chest_like_of"]["mean"] == 3
+    assert written["anatomy"]["chest_like_real"]["mean"] == 1.0  # the tiny chest against itself
+    assert written["config"]["profile"] == "smoke" and written["config"]["setting"] == "3d-B"
+    assert "train" in written["config"] and "data" not in written["config"]
+    assert written["notes"]["chest_like_criteria"]["tissue_l1_max"] == 0.15
 
 
 def test_evaluate_model_without_segmenter_leaves_out_frechet_only(tmp_path, fake_loader):
