@@ -383,3 +383,78 @@ def training_curves_figure(
     axes[0, 0].legend(fontsize=8)
     figure.suptitle(title)
     return figure
+
+
+# The lung window of the sample gallery: width 1500 HU, level -600 HU -> [-1350, 150] HU.
+LUNG_WINDOW_WIDTH_HU = 1500.0
+LUNG_WINDOW_LEVEL_HU = -600.0
+
+
+def sample_gallery(
+    real_hu: np.ndarray,
+    samples_hu: np.ndarray,
+    spacing_zyx_mm: Sequence[float],
+    title: str = "",
+    *,
+    chest_like: Sequence[bool] | None = None,
+    count: int = 4,
+) -> Figure:
+    """The real volume (first row) and the first ``count`` samples (one row each) in three planes
+    through their centre (axial, coronal, sagittal), in the lung window (W 1500 / L -600 HU), with
+    the physical aspect ratio of ``spacing_zyx_mm``; each sample labelled chest-like or not.
+
+    Volumes in HU (``ctgan.intensity.network_to_hu`` of the networks' [-1, 1] range): ``real_hu``
+    (D, H, W), ``samples_hu`` (K, D, H, W). ``chest_like``: one flag per sample shown, e.g. the
+    metrics file's ``per_sample.chest_like`` of the same samples; by default computed here with
+    ``ctgan.anatomy.chest_like_flags`` against ``real_hu``.
+    """
+    real_hu = _check_volume("real_hu", real_hu)
+    samples_hu = np.asarray(samples_hu)
+    if samples_hu.ndim != 4 or samples_hu.shape[0] < 1 or samples_hu.shape[1:] != real_hu.shape:
+        raise ValueError(
+            f"samples_hu must be (K, D, H, W) with K >= 1 and (D, H, W) = {real_hu.shape}; got "
+            f"shape {samples_hu.shape}"
+        )
+    if float(real_hu.max()) - float(real_hu.min()) <= 2.0:
+        raise ValueError(
+            f"real_hu spans [{real_hu.min():.3g}, {real_hu.max():.3g}]: that is the networks' "
+            f"range, not HU; convert with ctgan.intensity.network_to_hu first"
+        )
+    if count < 1:
+        raise ValueError(f"count must be >= 1; got {count}")
+    shown = samples_hu[:count]
+    if chest_like is None:
+        from ctgan.anatomy import chest_like_flags
+
+        chest_like = list(chest_like_flags(real_hu, shown))
+    if len(chest_like) != len(shown):
+        raise ValueError(
+            f"chest_like must hold one flag per sample shown ({len(shown)}); got {len(chest_like)}"
+        )
+    vmin = LUNG_WINDOW_LEVEL_HU - LUNG_WINDOW_WIDTH_HU / 2
+    vmax = LUNG_WINDOW_LEVEL_HU + LUNG_WINDOW_WIDTH_HU / 2
+    aspects = _aspects(spacing_zyx_mm)
+    rows = [("real (training volume)", real_hu, "black")] + [
+        (
+            f"sample {i}: " + ("chest-like" if ok else "not chest-like"),
+            volume,
+            "tab:green" if ok else "tab:red",
+        )
+        for i, (volume, ok) in enumerate(zip(shown, chest_like, strict=True))
+    ]
+    figure, axes = _subplots(len(rows), 3, figsize=(10, 2.9 * len(rows)), squeeze=False)
+    for row, (label, volume, colour) in enumerate(rows):
+        for column, plane in enumerate(_planes(volume, _centre(volume, None))):
+            axis = axes[row, column]
+            axis.imshow(plane, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspects[column])
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(("axial", "coronal", "sagittal")[column])
+        axes[row, 0].set_ylabel(label, color=colour, fontsize=10)
+    chest_count = int(np.sum(np.asarray(chest_like, dtype=bool)))
+    figure.suptitle(
+        f"{title + ': ' if title else ''}{chest_count} of {len(shown)} samples shown chest-like "
+        f"(lung window W {LUNG_WINDOW_WIDTH_HU:g} / L {LUNG_WINDOW_LEVEL_HU:g} HU)"
+    )
+    return figure

@@ -1,131 +1,48 @@
 """The ablation report: the paper's two tables beside ours, the realism metrics, and figures.
 
 The paper's numbers are the seed README's (shared/reference/seed-readme.md); ours come from
-``metrics/<model>-<setting>.json`` written by the evaluate stage (ctgan.evaluate).
+``metrics/<model>-<setting>.json`` written by the evaluate stage (ctgan.evaluate). The markdown
+tables and texts are ``ctgan.tables``; this module loads the models, draws the figures and
+writes the files. The realism section judges every model's random samples by their anatomy
+(``ctgan.anatomy``: n chest-like of K, lung fraction of the body, lungs on both sides, tissue
+classes, body HU W1, diversity, copies), with the training volume's own values as a row, and
+shows a gallery of samples per model.
+
+A training-free reference: when ``metrics/gpnn.json`` exists (the GPNN stage's output, the same
+layout as ``evaluate_model``'s with ``"name": "gpnn"`` and a ``timing`` dict), it is the row
+"GPNN (no training)" of the realism tables, and its gallery is shown when there is one (the
+path in its ``"gallery"`` key, or ``gallery_gpnn.png`` already in the figures folder). Without
+it the report says so and carries on.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ctgan.config import LOSS_TERMS, MODELS, SETTING_LETTERS
+from ctgan.config import MODELS, SETTING_LETTERS
 from ctgan.io import read_json
+from ctgan.tables import (
+    GPNN_LABEL,
+    GPNN_NAME,
+    PAPER_RESULTS,
+    ablation_table,
+    anatomy_table,
+    criteria_text,
+    gpnn_text,
+    load_all_metrics,
+    load_gpnn_metrics,
+    procedure_text,
+    realism_table,
+    setting_names,
+    tissue_table,
+)
 
 log = logging.getLogger(__name__)
 
-# The seed README's tables (all settings LSGAN). The first table is 3D, the second 2D
-# (ctgan-facts §5, "Which table is which").
-PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
-    "3d": {
-        "A": {"mse": 0.0054, "psnr": 22.639, "ssim": 0.7514},
-        "B": {"mse": 0.0025, "psnr": 25.991, "ssim": 0.8359},
-        "C": {"mse": 0.0024, "psnr": 26.070, "ssim": 0.8427},
-        "D": {"mse": 0.0017, "psnr": 27.925, "ssim": 0.8769},
-    },
-    "2d": {
-        "A": {"mse": 0.00011, "psnr": 39.487, "ssim": 0.9878},
-        "B": {"mse": 0.00049, "psnr": 33.094, "ssim": 0.9554},
-        "C": {"mse": 0.00032, "psnr": 34.931, "ssim": 0.9674},
-        "D": {"mse": 0.00006, "psnr": 41.967, "ssim": 0.9956},
-    },
-}
-
-TERM_HEADERS = {
-    "adversarial": "Lsgan",
-    "reconstruction": "Rec",
-    "projection": "Pr",
-    "segmentation": "Seg",
-}
-PAPER_METRICS = ("mse", "psnr", "ssim")
-METRIC_DIGITS = {"mse": 5, "psnr": 3, "ssim": 4}
-
-# The realism table: (family, metric, column header, digits).
-REALISM_COLUMNS: tuple[tuple[str, str, str, int], ...] = (
-    ("realism", "hu_wasserstein", "HU W1 ↓", 1),
-    ("realism", "frechet_axial", "FD axial ↓", 3),
-    ("realism", "frechet_coronal", "FD coronal ↓", 3),
-    ("realism", "frechet_sagittal", "FD sagittal ↓", 3),
-    ("realism", "lung_fraction", "lung fraction", 3),
-    ("diversity", "diversity", "diversity ↑", 3),
-    ("memorisation", "max_ssim_to_training", "max SSIM to training", 3),
-)
-
-
-def setting_names() -> list[str]:
-    return [f"{m}-{s}" for m in MODELS for s in SETTING_LETTERS]
-
-
-def load_all_metrics(metrics_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Read ``metrics/<model>-<setting>.json`` for every setting; missing files are an error."""
-    metrics_dir = Path(metrics_dir)
-    missing = [n for n in setting_names() if not (metrics_dir / f"{n}.json").is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"metrics for {', '.join(missing)} not found in {metrics_dir}; run the evaluate "
-            f"stages first (`dvc repro`)"
-        )
-    return {n: read_json(metrics_dir / f"{n}.json") for n in setting_names()}
-
-
-def metric_summary(metrics: Mapping[str, Any], family: str, name: str) -> tuple[float, float]:
-    """(mean, sd) of ``metrics[family][name]``; sd is 0 for a single seed, NaN when absent."""
-    entry = metrics.get(family, {}).get(name)
-    if entry is None:
-        return math.nan, math.nan
-    if isinstance(entry, Mapping):
-        return float(entry.get("mean", math.nan)), float(entry.get("sd", 0.0))
-    return float(entry), 0.0
-
-
-def format_value(mean: float, sd: float, digits: int) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    text = f"{mean:.{digits}f}"
-    if sd and not math.isnan(sd):
-        text += f" ± {sd:.{digits}f}"
-    return text
-
-
-def ablation_table(
-    model: str,
-    metrics: Mapping[str, Mapping[str, Any]],
-    terms: Mapping[str, Sequence[str]],
-) -> str:
-    """One of the paper's tables as markdown: loss terms ticked, then ours and the paper's metrics."""
-    header = (
-        ["Setting"]
-        + [TERM_HEADERS[t] for t in LOSS_TERMS]
-        + [f"{m.upper()} (ours)" for m in PAPER_METRICS]
-        + [f"{m.upper()} (paper)" for m in PAPER_METRICS]
-    )
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for letter in SETTING_LETTERS:
-        name = f"{model}-{letter}"
-        row = [letter] + ["√" if t in terms[name] else "" for t in LOSS_TERMS]
-        for m in PAPER_METRICS:
-            mean, sd = metric_summary(metrics[name], "reconstruction", m)
-            row.append(format_value(mean, sd, METRIC_DIGITS[m]))
-        for m in PAPER_METRICS:
-            row.append(f"{PAPER_RESULTS[model][letter][m]:.{METRIC_DIGITS[m]}f}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def realism_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """The metrics the paper never measured, one row per setting (mean ± sd over seeds)."""
-    header = ["Setting"] + [c[2] for c in REALISM_COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in setting_names():
-        row = [name]
-        for family, metric, _, digits in REALISM_COLUMNS:
-            mean, sd = metric_summary(metrics[name], family, metric)
-            row.append(format_value(mean, sd, digits))
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+GALLERY_SAMPLES = 4
 
 
 def _reconstructions_hu(models_dir: Path, names: Sequence[str]) -> dict[str, Any]:
@@ -140,6 +57,35 @@ def _reconstructions_hu(models_dir: Path, names: Sequence[str]) -> dict[str, Any
         )
         for name in names
     }
+
+
+def gallery_samples_hu(model_dir: Path, count: int, seed: int) -> Any:
+    """The first ``count`` random samples (HU) of a model's first seed, as the evaluate stage
+    draws them (float32, ``sampling_seed``): sample i depends only on the seed and i."""
+    from ctgan.intensity import network_to_hu
+    from ctgan.sample import sample_volumes
+    from ctgan.train import load_trained
+
+    model = load_trained(first_seed_folder(model_dir))
+    volumes = sample_volumes(
+        model, count, seed=seed, batch_size=1, progress=False, precision="float32"
+    )
+    return network_to_hu(volumes)
+
+
+def gpnn_gallery(gpnn: Mapping[str, Any], figures_dir: Path) -> Path | None:
+    """Where the GPNN gallery is, copied into ``figures_dir`` as ``gallery_gpnn.png``: the path
+    in gpnn.json's ``"gallery"`` key (relative to the working directory), else a
+    ``gallery_gpnn.png`` already in ``figures_dir``; None when there is none."""
+    import shutil
+
+    target = figures_dir / f"gallery_{GPNN_NAME}.png"
+    given = gpnn.get("gallery")
+    if isinstance(given, str) and Path(given).is_file():
+        if Path(given).resolve() != target.resolve():
+            shutil.copyfile(given, target)
+        return target
+    return target if target.is_file() else None
 
 
 def first_seed_folder(model_dir: Path) -> Path:
@@ -178,6 +124,7 @@ def build_report(
     pyramid = load_pyramid(pyramid_dir)
     real_hu = network_to_hu(pyramid.volumes[-1])
     spacing = pyramid.spacings_zyx_mm[-1]
+    gpnn = load_gpnn_metrics(metrics_dir)
     first = metrics[setting_names()[0]]
     seeds = first.get("seeds", [])
     segmenter_path = metrics_dir / "segmenter.json"
@@ -226,6 +173,22 @@ def build_report(
             figures_dir / f"bars_{metric}.png",
         )
 
+    galleries = []
+    for name in setting_names():
+        samples_hu = gallery_samples_hu(
+            models_dir / name, GALLERY_SAMPLES, int(metrics[name].get("sampling_seed", 0))
+        )
+        images[f"gallery_{name}"] = _save(
+            figures.sample_gallery(real_hu, samples_hu, spacing, f"{name} (first seed)"),
+            figures_dir / f"gallery_{name}.png",
+        )
+        galleries.append((f"gallery_{name}", f"{name} samples"))
+    if gpnn is not None:
+        found = gpnn_gallery(gpnn, figures_dir)
+        if found is not None:
+            images[f"gallery_{GPNN_NAME}"] = found.name
+            galleries.append((f"gallery_{GPNN_NAME}", f"{GPNN_LABEL} samples"))
+
     def img(key: str, alt: str) -> str:
         return f"![{alt}]({(rel / images[key]).as_posix()})"
 
@@ -249,11 +212,15 @@ def build_report(
         "",
         "## 3D CT-GAN",
         "",
+        procedure_text(metrics, [f"3d-{s}" for s in SETTING_LETTERS]),
+        "",
         ablation_table("3d", metrics, terms),
         "",
         img("grid_3d", "3D comparison grid"),
         "",
         "## 2D CT-GAN",
+        "",
+        procedure_text(metrics, [f"2d-{s}" for s in SETTING_LETTERS]),
         "",
         ablation_table("2d", metrics, terms),
         "",
@@ -264,14 +231,44 @@ def build_report(
         "",
         "## What the paper never measured: random samples",
         "",
-        "K random samples per model against the training volume. HU W1: Wasserstein-1 distance "
-        "of HU values inside the body. FD: Fréchet distance of slice features of the frozen "
-        "in-pipeline segmenter, per plane (SIFID-style in a CT-specific feature space; not "
-        "comparable with Inception-based SIFID numbers). Diversity: mean pairwise 1 − SSIM "
-        "among samples. Max SSIM to training: the highest SSIM of any sample to the training "
-        "volume (near 1 = the model copies its scan).",
+        f"K random samples per model against the training volume. "
+        f"{procedure_text(metrics, setting_names())}",
         "",
-        realism_table(metrics),
+        "### Is it a chest?",
+        "",
+        criteria_text(),
+        "",
+        "Chest-like: how many of the K samples meet all four criteria. Lung fraction of body, "
+        "lungs both sides (share of samples), tissue L1 and body HU W1: means over the samples; "
+        "the training volume's own values are the first row (judged against itself). Diversity: "
+        "mean pairwise 1 − SSIM among samples. Max SSIM to training: the highest SSIM of any "
+        "sample to the training volume (near 1 = the model copies its scan).",
+        "",
+        anatomy_table(metrics, gpnn),
+        "",
+        gpnn_text(gpnn),
+        "",
+        "Fractions of the body in each tissue class (HU), mean over samples:",
+        "",
+        tissue_table(metrics, gpnn),
+        "",
+        "### Sample gallery",
+        "",
+        f"The training volume and the first {GALLERY_SAMPLES} random samples of each model "
+        f"(first seed, the evaluation's samples) through their centre, lung window "
+        f"(W {figures.LUNG_WINDOW_WIDTH_HU:g} / L {figures.LUNG_WINDOW_LEVEL_HU:g} HU), physical "
+        f"aspect ratio; each sample labelled chest-like (green) or not (red).",
+        "",
+        *[img(key, alt) for key, alt in galleries],
+        "",
+        "### Distributions",
+        "",
+        "FD: Fréchet distance of slice features of the frozen in-pipeline segmenter, per plane "
+        "(SIFID-style in a CT-specific feature space; not comparable with Inception-based SIFID "
+        "numbers). Lung fraction of the volume: lung voxels (segmenter) / all voxels. Voxel sd: "
+        "mean over voxels of the standard deviation across samples.",
+        "",
+        realism_table(metrics, gpnn),
         "",
         img("bars_hu_wasserstein", "HU distance per setting"),
         img("bars_diversity", "diversity per setting"),

@@ -310,3 +310,31 @@ def test_notebook_writes_the_metrics_file_and_figures(tmp_path, segmenter):
     assert all(written[family] for family in metrics.FAMILIES)
     for name in ("reconstruction.png", "samples.png", "hu_histogram.png"):
         assert (figures_dir / name).is_file(), name
+
+
+def test_sample_gallery_shows_the_real_volume_and_labels_each_sample():
+    real_hu, samples_hu = figure_inputs()
+    blob = np.full_like(real_hu, -1000.0)
+    blob[2:5, 10:20, 10:20] = 300.0
+    figure = figures.sample_gallery(
+        real_hu, np.stack([*samples_hu, blob]), SPACINGS[-1], "3d-B", count=4
+    )
+    assert len(figure.axes) == 5 * 3
+    labels = [figure.axes[i].get_ylabel() for i in range(0, 15, 3)]
+    assert labels[0] == "real (training volume)"
+    assert labels[1] == "sample 0: chest-like" and labels[4] == "sample 3: not chest-like"
+    image = figure.axes[1].get_images()[0]
+    assert image.get_clim() == (-1350.0, 150.0)  # lung window W 1500 / L -600
+    assert figure.axes[1].get_aspect() == pytest.approx(SPACINGS[-1][0] / SPACINGS[-1][2])
+    plt.close(figure)
+    given = figures.sample_gallery(real_hu, samples_hu, SPACINGS[-1], chest_like=[False] * 3)
+    assert given.axes[3].get_ylabel() == "sample 0: not chest-like"
+    plt.close(given)
+    with pytest.raises(ValueError, match="that is the networks' range, not HU"):
+        figures.sample_gallery(real_hu / 1000, samples_hu / 1000, SPACINGS[-1])
+    with pytest.raises(ValueError, match=r"samples_hu must be \(K, D, H, W\) with K >= 1"):
+        figures.sample_gallery(real_hu, samples_hu[:, :-1], SPACINGS[-1])
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        figures.sample_gallery(real_hu, samples_hu, SPACINGS[-1], count=0)
+    with pytest.raises(ValueError, match="one flag per sample shown"):
+        figures.sample_gallery(real_hu, samples_hu, SPACINGS[-1], chest_like=[True])
