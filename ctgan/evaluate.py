@@ -281,3 +281,38 @@ def metrics_table(result: dict[str, Any]) -> pd.DataFrame:
             f"evaluate_model returns"
         )
     return pd.DataFrame(rows)
+
+
+def anatomy_summary(result: dict[str, Any]) -> pd.DataFrame:
+    """The anatomy family of an :func:`evaluate_model` result beside the training volume's own
+    values: one row per quantity, columns ``samples`` (mean over samples, mean over seeds),
+    ``sd over seeds`` and ``real`` (the training volume judged against itself)."""
+    values = result.get("anatomy", {})
+    names = [name for name in values if not name.endswith("_real")]
+    if not names:
+        raise ValueError(
+            "result holds no anatomy family; pass the dict evaluate_model returns (written by "
+            "this version of ctgan.evaluate)"
+        )
+    return pd.DataFrame(
+        {
+            "samples": [values[n]["mean"] for n in names],
+            "sd over seeds": [values[n]["sd"] for n in names],
+            "real": [values.get(f"{n}_real", {}).get("mean", math.nan) for n in names],
+        },
+        index=pd.Index(names, name="quantity"),
+    )
+
+
+def per_sample_table(result: dict[str, Any], seed_index: int = 0) -> pd.DataFrame:
+    """Every sample of one seed (rows, in sample order) with its anatomy values and chest-like
+    flag (columns), from an :func:`evaluate_model` result's ``per_sample``."""
+    per_sample = result.get(PER_SAMPLE, {})
+    if not per_sample:
+        raise ValueError("result holds no per_sample values; pass the dict evaluate_model returns")
+    seeds = len(next(iter(per_sample.values())))
+    if not 0 <= seed_index < seeds:
+        raise ValueError(f"seed_index must be in [0, {seeds - 1}]; got {seed_index}")
+    frame = pd.DataFrame({name: lists[seed_index] for name, lists in per_sample.items()})
+    frame.index.name = "sample"
+    return frame

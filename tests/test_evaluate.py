@@ -338,3 +338,21 @@ def test_sample_gallery_shows_the_real_volume_and_labels_each_sample():
         figures.sample_gallery(real_hu, samples_hu, SPACINGS[-1], count=0)
     with pytest.raises(ValueError, match="one flag per sample shown"):
         figures.sample_gallery(real_hu, samples_hu, SPACINGS[-1], chest_like=[True])
+
+
+def test_anatomy_summary_and_per_sample_table(tmp_path, fake_loader):
+    model_dir = fake_model_folder(tmp_path, [0, 1])
+    result = evaluate.evaluate_model(model_dir, fake_pyramid(), None, 3, progress=False)
+    summary = evaluate.anatomy_summary(result)
+    assert list(summary.columns) == ["samples", "sd over seeds", "real"]
+    assert summary.loc["chest_like", "real"] == 1.0
+    assert summary.loc["tissue_l1", "real"] == 0.0
+    table = evaluate.per_sample_table(result, seed_index=1)
+    assert len(table) == 3 and "chest_like" in table.columns
+    assert list(table["chest_like"]) == result["per_sample"]["chest_like"][1]
+    with pytest.raises(ValueError, match="seed_index must be in"):
+        evaluate.per_sample_table(result, seed_index=2)
+    with pytest.raises(ValueError, match="no per_sample values"):
+        evaluate.per_sample_table({})
+    with pytest.raises(ValueError, match="holds no anatomy family"):
+        evaluate.anatomy_summary({})
