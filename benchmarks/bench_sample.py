@@ -31,10 +31,10 @@ from machine import machine_info
 
 from ctgan.config import load_config, scale_shapes
 from ctgan.intensity import network_to_hu, network_to_paper
-from ctgan.similarity import psnr
 from ctgan.nets import build_generator_pyramid, make_reconstruction_noise
 from ctgan.preprocess import load_pyramid
 from ctgan.sample import native_bf16, reconstruct, sample_volumes
+from ctgan.similarity import psnr
 from ctgan.train import TrainedModel, load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
