@@ -308,7 +308,7 @@ def test_notebook_writes_the_metrics_file_and_figures(tmp_path, segmenter):
     written = json.loads(metrics_path.read_text())
     assert written["num_samples"] == config.evaluate.num_samples and written["seeds"] == [0]
     assert all(written[family] for family in metrics.FAMILIES)
-    for name in ("reconstruction.png", "samples.png", "hu_histogram.png"):
+    for name in ("reconstruction.png", "samples.png", "hu_histogram.png", "gallery.png"):
         assert (figures_dir / name).is_file(), name
 
 
