@@ -202,7 +202,8 @@ def chest_like_cell(values: Mapping[str, Any]) -> str:
 
 
 def verdict_cell(values: Mapping[str, Any]) -> str:
-    """ "passes" or the checks it misses (chest-like share, diversity, copies); n/a if absent."""
+    """``**passes**``, or the checks the model misses (chest-like share, diversity, copies);
+    n/a for a file without a verdict."""
     passes, _ = metric_summary(values, "verdict", "passes")
     if math.isnan(passes):
         return "n/a"
@@ -226,7 +227,8 @@ def anatomy_table(
     """Is it a chest? The real volume's own values, then one row per setting (mean ± sd over
     seeds) and the GPNN row if given: n chest-like of K, the anatomy, diversity, copies."""
     header = ["Setting", "chest-like"] + [c[2] for c in ANATOMY_COLUMNS] + ["verdict"]
-    real = [f"*{REAL_LABEL}*", "1 of 1 (itself)"]
+    itself, _ = _real_entry(metrics, "chest_like")
+    real = [f"*{REAL_LABEL}*", "n/a" if math.isnan(itself) else f"{itself:g} of 1 (itself)"]
     for family, metric, _, digits in ANATOMY_COLUMNS:
         mean, sd = _real_entry(metrics, metric) if family == "anatomy" else (math.nan, math.nan)
         real.append(format_value(mean, sd, digits) if family == "anatomy" else "—")
