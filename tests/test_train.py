@@ -32,10 +32,9 @@ from ctgan.train import (
     read_history,
     reconstruction_psnr,
     resolve_device,
-    run_key,
     train_model,
-    train_stage,
 )
+from ctgan.train_stage import run_key, train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
