@@ -14,17 +14,16 @@ from matplotlib.figure import Figure
 from ctgan.config import SegmenterConfig, load_config
 from ctgan.segmenter import (
     Segmenter,
-    dice_score,
     freeze,
     largest_lung_components,
     load_segmenter,
-    load_segmenter_data,
     predict_volume,
     prediction_figure,
     read_segmenter_file,
     save_segmenter,
-    train_segmenter,
 )
+from ctgan.segmenter_data import load_segmenter_data
+from ctgan.segmenter_train import dice_score, train_segmenter
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
