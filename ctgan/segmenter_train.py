@@ -35,8 +35,10 @@ def segmenter_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return bce + (1 - dice).mean()
 
 
-def dice_score(prediction: Array, target: Array, threshold: float = 0.5) -> float:
-    """Dice of two masks binarised at ``threshold``; 1.0 when both are empty."""
+def dice_score(prediction: Array, target: Array, threshold: float = 0.5) -> float | None:
+    """Dice of two masks binarised at ``threshold``; None when ``target`` holds no voxel of the
+    structure (there is nothing to find: empty against empty would claim a perfect 1.0, a false
+    positive a 0.0 that says nothing about finding it)."""
     if isinstance(prediction, torch.Tensor):
         prediction = prediction.detach().cpu().numpy()
     if isinstance(target, torch.Tensor):
@@ -48,8 +50,19 @@ def dice_score(prediction: Array, target: Array, threshold: float = 0.5) -> floa
             f"and {target.shape}"
         )
     predicted, truth = prediction >= threshold, target >= threshold
+    if not truth.any():
+        return None
     total = int(predicted.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int((predicted & truth).sum()) / total
+    return 2.0 * int((predicted & truth).sum()) / total
+
+
+def undefined_dice_reason(name: str, where: str = "the validation crops") -> str:
+    """Why the Dice of structure ``name`` (lungs | nodules) is undefined on ``where``."""
+    singular = {"lungs": "lung", "nodules": "nodule"}[name]
+    return (
+        f"no {singular} voxel in {where} (the validation scans have no annotated "
+        f"{singular}); Dice would compare empty with empty"
+    )
 
 
 def train_segmenter(
@@ -110,9 +123,11 @@ def train_segmenter(
     train_seconds = time.perf_counter() - started
     freeze(model)
     dice = _validation_dice(model, val_scans, crop_size, validation_crops, seed, device)
+    undefined = {name: undefined_dice_reason(name) for name, v in dice.items() if v is None}
     metrics: dict[str, Any] = {
         "dice_lungs": dice["lungs"],
         "dice_nodules": dice["nodules"],
+        **({"dice_undefined": undefined} if undefined else {}),
         "train_seconds": round(train_seconds, 1),
         "iterations": cfg.iterations,
         "train_crops": cfg.iterations * cfg.batch_size,
@@ -123,9 +138,9 @@ def train_segmenter(
         **model.architecture,
     }
     logger.info(
-        "segmenter: Dice lungs %.3f, nodules %.3f on %d validation crops (%.0f s)",
-        dice["lungs"],
-        dice["nodules"],
+        "segmenter: Dice lungs %s, nodules %s on %d validation crops (%.0f s)",
+        _format_dice(dice["lungs"]),
+        _format_dice(dice["nodules"]),
         validation_crops,
         train_seconds,
     )
@@ -140,10 +155,14 @@ def _validation_dice(
     crops: int,
     seed: int,
     device: str | torch.device,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     rng = np.random.default_rng(seed + 1_000_003)
     inputs, targets = sample_batch(scans, crops, crop_size, rng, augment=False)
     probabilities = torch.cat(
         [torch.sigmoid(model(chunk.to(device))).cpu() for chunk in inputs.split(4)]
     )
     return {name: dice_score(probabilities[:, c], targets[:, c]) for c, name in enumerate(CHANNELS)}
+
+
+def _format_dice(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"

@@ -82,30 +82,28 @@ def test_dvc_repro_validates_the_whole_params_file(
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "Running stage 'check_params'" in first.stdout
     good = (smoke_repo / "params.yaml").read_text()
-    for typo, message in [
-        ("\nprofle: paper\n", "unknown key 'profle' in params.yaml"),
-        (
-            "\nsettings:\n  3d-E: {terms: [adversarial]}\n",  # replaces the settings section
-            "unknown key '3d-E' in settings",
-        ),
-    ]:
-        edit_params(smoke_repo, good + typo)
+    with_setting = yaml.safe_load(good)
+    with_setting["settings"]["3d-E"] = {"terms": ["adversarial"]}
+    try:
+        for text, message in [
+            (good + "\nprofle: paper\n", "unknown key 'profle' in params.yaml"),
+            (yaml.safe_dump(with_setting, sort_keys=False), "unknown key '3d-E' in settings"),
+            (good.replace("seriesuid:", "seriesuuid:"), "unknown key 'seriesuuid' in data"),
+        ]:
+            edit_params(smoke_repo, text)
+            result = dvc(smoke_repo, "repro", "segmenter")
+            assert result.returncode != 0, result.stdout[-3000:]
+            assert message in result.stdout + result.stderr, result.stdout[-3000:]
+            assert not re.search(r"Running stage '(?!check_params)", result.stdout), result.stdout
+        # a valid file again (plus a comment): the check reruns, no other stage does
+        edit_params(smoke_repo, good + "\n# a comment\n")
         result = dvc(smoke_repo, "repro", "segmenter")
-        assert result.returncode != 0, result.stdout[-3000:]
-        assert message in result.stdout + result.stderr, result.stdout[-3000:]
-        assert not re.search(r"Running stage '(?!check_params)", result.stdout), result.stdout
-    edit_params(smoke_repo, good.replace("seriesuid:", "seriesuuid:"))
-    result = dvc(smoke_repo, "repro", "segmenter")
-    assert "unknown key 'seriesuuid' in data" in result.stdout + result.stderr
-
-    # a valid change of a key no stage reads: the check reruns, nothing else does
-    edit_params(smoke_repo, good.replace("# Every tunable", "# Each tunable"))
-    edit_params(smoke_repo, good.replace("phantom_seed: 0", "phantom_seed: 0\n"))
-    edit_params(smoke_repo, good + "\n# a comment\n")
-    result = dvc(smoke_repo, "repro", "segmenter")
-    assert result.returncode == 0, result.stdout[-3000:]
-    status = dvc(smoke_repo, "status", "segmenter")
-    assert "changed" not in status.stdout, status.stdout
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert re.findall(r"Running stage '([^']+)'", result.stdout) == ["check_params"]
+        status = dvc(smoke_repo, "status", "segmenter")
+        assert "changed" not in status.stdout, status.stdout
+    finally:
+        edit_params(smoke_repo, good)
 
 
 @pytest.mark.slow
@@ -119,6 +117,13 @@ def test_unknown_profile_is_caught_before_any_stage_deletes_its_outputs(
     assert notebook.is_file() and pyramid.is_file()
     good = (smoke_repo / "params.yaml").read_text()
     edit_params(smoke_repo, good.replace("profile: smoke", "profile: fast"))
+    try:
+        check_profile_refused(smoke_repo, notebook, pyramid)
+    finally:
+        edit_params(smoke_repo, good)
+
+
+def check_profile_refused(smoke_repo: Path, notebook: Path, pyramid: Path) -> None:
     result = dvc(smoke_repo, "repro")
     assert result.returncode != 0
     assert "profile must be one of smoke, cpu, paper; got 'fast'" in result.stdout + result.stderr
@@ -134,7 +139,6 @@ def test_unknown_profile_is_caught_before_any_stage_deletes_its_outputs(
     )
     assert make.returncode != 0
     assert "profile must be one of smoke, cpu, paper; got 'fast'" in make.stderr
-    yaml.safe_load(good)  # the file itself stays valid YAML
 
 
 def load_repro_script():
