@@ -123,8 +123,8 @@ def test_unknown_profile_is_caught_before_any_stage_deletes_its_outputs(
         edit_params(smoke_repo, good)
 
 
-def check_profile_refused(smoke_repo: Path, notebook: Path, pyramid: Path) -> None:
-    result = dvc(smoke_repo, "repro")
+def check_profile_refused(repo: Path, notebook: Path, pyramid: Path) -> None:
+    result = dvc(repo, "repro")
     assert result.returncode != 0
     assert "profile must be one of smoke, cpu, paper; got 'fast'" in result.stdout + result.stderr
     assert notebook.is_file() and pyramid.is_file(), "a stage deleted its outputs"
@@ -132,7 +132,7 @@ def check_profile_refused(smoke_repo: Path, notebook: Path, pyramid: Path) -> No
     venv = Path(sys.executable).parents[1]
     make = subprocess.run(
         ["make", "-s", "check-params", f"VENV={venv}", "-o", f"{venv}/.ready"],
-        cwd=smoke_repo,
+        cwd=repo,
         env=pipeline_env(),
         capture_output=True,
         text=True,
