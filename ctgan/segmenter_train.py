@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ctgan.config import SegmenterConfig
+from ctgan.progress import progress_bar
 from ctgan.segmenter import CHANNELS, Array, Segmenter, freeze
 from ctgan.segmenter_data import ScanCrops, prepare_scans, sample_batch
 
@@ -109,7 +109,7 @@ def train_segmenter(
     rng = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
     model.train()
-    bar = tqdm(range(cfg.iterations), desc="segmenter", disable=not progress, mininterval=2.0)
+    bar = progress_bar(range(cfg.iterations), "segmenter", disable=not progress, mininterval=2.0)
     for iteration in bar:
         inputs, targets = sample_batch(train_scans, cfg.batch_size, crop_size, rng, augment=True)
         logits = model(inputs.to(device))

@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ctgan import losses
 from ctgan.checkpoint import (
@@ -58,6 +57,7 @@ from ctgan.nets import (
     make_reconstruction_noise,
     upsample,
 )
+from ctgan.progress import progress_bar
 from ctgan.runtime import freed_memory_kept
 
 # Loading and reading trained models lives in ctgan.checkpoint / ctgan.history; these names stay
@@ -425,16 +425,21 @@ def _train_scale(
     trainer = ScaleTrainer(context, state, seed)
     log_every = context.cfg.train.log_every
     iterations = trainer.iterations
-    progress = tqdm(
-        range(iterations), desc=f"scale {context.scale}", leave=False, dynamic_ncols=True
-    )
+    scales = len(context.shapes)
+    desc = f"{context.cfg.setting} scale {context.scale}/{scales - 1}"
+    progress = progress_bar(range(iterations), desc, leave=False, dynamic_ncols=True)
     for i in progress:
         trainer.iteration(i)
         if i % log_every == 0 or i == iterations - 1:
             row = trainer.log_row(i)
             history.append(row)
             check_finite_row(row, context.cfg)
-            progress.set_postfix(d=f"{row['d_loss']:.3g}", psnr=f"{row['rec_psnr']:.2f}")
+            progress.set_postfix(
+                d=f"{row['d_loss']:.3g}",
+                g_adv=f"{row['g_adv']:.3g}",
+                rec=f"{row['reconstruction']:.3g}",
+                psnr=f"{row['rec_psnr']:.2f}",
+            )
             for callback in callbacks:
                 callback(row)
     progress.close()
@@ -498,9 +503,9 @@ def train_model(
         segmenter.to(device)
 
     checkpoint_path = out_dir / CHECKPOINT_NAME
-    state, keep = _start_or_resume(cfg, seed, checkpoint_path, out_dir, shapes, precision, device)
+    state = _start_or_resume(cfg, seed, checkpoint_path, out_dir, shapes, precision, device)
     write_json(out_dir / CONFIG_NAME, cfg.to_dict())
-    history = HistoryWriter(out_dir / HISTORY_NAME, keep)
+    history = HistoryWriter(out_dir / HISTORY_NAME, keep_scales=state.completed_scales)
     if state.completed_scales == len(shapes):
         logger.info("%s already holds all %d scales; nothing to train", out_dir, len(shapes))
         return history.frame()
@@ -527,7 +532,7 @@ def _start_or_resume(
     shapes: list[tuple[int, ...]],
     precision: Precision,
     device: torch.device,
-) -> tuple[RunState, pd.DataFrame | None]:
+) -> RunState:
     if not checkpoint_path.exists():
         rec_generator = torch.Generator(device=device).manual_seed(
             _derived_seed(seed, _PURPOSE_RECONSTRUCTION)
@@ -539,7 +544,7 @@ def _start_or_resume(
         )
         generator = GeneratorPyramid(cfg.model or "3d", channels, precision.norm)
         rec_noise = make_reconstruction_noise(shapes, rec_generator, device, precision.dtype)
-        return RunState(generator, None, [], rec_noise), None
+        return RunState(generator, None, [], rec_noise)
 
     payload = read_checkpoint(checkpoint_path)
     if payload["config"] != cfg.to_dict() or payload["seed"] != int(seed):
@@ -562,13 +567,8 @@ def _start_or_resume(
         optimizer_states=payload["optimizers"],
         rng_states=payload["rng_states"],
     )
-    keep = None
-    history_path = out_dir / HISTORY_NAME
-    if history_path.is_file():
-        frame = pd.read_csv(history_path, sep="\t")
-        keep = frame[frame["scale"] < completed].reset_index(drop=True)
     logger.info("resuming %s after scale %d", out_dir, completed - 1)
-    return state, keep
+    return state
 
 
 def scale_trainer_at(

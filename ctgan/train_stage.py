@@ -20,11 +20,12 @@ from torch import nn
 
 from ctgan.config import Config
 from ctgan.io import ensure_writable_dir
+from ctgan.runlock import AncestorWatch, RunFolderLock
 from ctgan.train import Callback, PyramidLike, train_model
 
 logger = logging.getLogger(__name__)
 
-_CODE = ("nets.py", "losses.py", "train.py", "checkpoint.py", "history.py")
+_CODE = ("nets.py", "losses.py", "train.py", "checkpoint.py", "history.py")  # what a run depends on
 
 
 def run_key(cfg: Config, seed: int) -> str:
@@ -49,19 +50,28 @@ def train_stage(
     live in ``work_root/<setting>-seed<k>-<run_key>/`` (outside the outputs); a rerun of the same
     config, seed and code resumes there after the last finished scale, and a finished seed is
     moved into ``out_dir``. Work folders of another config or code version are discarded.
+
+    One trainer per setting and seed: a lock (``ctgan.runlock.RunFolderLock``) makes a second one
+    refuse, naming the PID of the first. Under ``dvc repro`` the training stops
+    (``TrainingOrphaned``) when the dvc process that started it is gone.
     """
     out_dir, work_root = ensure_writable_dir(out_dir), ensure_writable_dir(work_root)
+    watch = AncestorWatch.for_pipeline()
+    logger.info("parent processes: %s", watch.describe())
+    callbacks = [*callbacks, lambda row: watch.check()]
     histories = {}
     for k, seed_dir in iterate_seed_dirs(out_dir, cfg.train.seeds):
-        work = work_root / f"{cfg.setting}-seed{k}-{run_key(cfg, k)}"
-        for stale in work_root.glob(f"{cfg.setting}-seed{k}-*"):
-            if stale != work:
-                logger.info("discarding %s (another config or code version)", stale)
-                shutil.rmtree(stale)
-        histories[f"seed{k}"] = train_model(cfg, pyramid, work, k, segmenter, callbacks)
-        if seed_dir.exists():
-            shutil.rmtree(seed_dir)
-        os.replace(work, seed_dir)
+        lock = RunFolderLock(work_root / f".{cfg.setting}-seed{k}.lock", f"{cfg.setting} seed {k}")
+        with lock:
+            work = work_root / f"{cfg.setting}-seed{k}-{run_key(cfg, k)}"
+            for stale in work_root.glob(f"{cfg.setting}-seed{k}-*"):
+                if stale != work:
+                    logger.info("discarding %s (another config or code version)", stale)
+                    shutil.rmtree(stale)
+            histories[f"seed{k}"] = train_model(cfg, pyramid, work, k, segmenter, callbacks)
+            if seed_dir.exists():
+                shutil.rmtree(seed_dir)
+            os.replace(work, seed_dir)
     return histories
 
 
