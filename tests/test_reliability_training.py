@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
+from test_pipeline import pipeline_env, smoke_repo  # noqa: F401 (a fixture)
 from test_train import run, synthetic_pyramid, tiny_config
 
 from ctgan.config import scale_shapes
@@ -228,3 +232,67 @@ def test_progress_bar_is_tqdm_on_a_terminal_and_lines_in_a_log(monkeypatch):
     assert isinstance(progress_bar(range(3), "x"), LogProgress)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert not isinstance(progress_bar(range(3), "x"), LogProgress)
+
+
+@pytest.mark.slow
+def test_killing_dvc_stops_its_training_and_the_rerun_resumes_cleanly(
+    smoke_repo: Path,  # noqa: F811 (the fixture imported from test_pipeline)
+) -> None:
+    """The issue's reproduction, for real: `dvc repro train@3d-B` (smoke profile, 40 iterations
+    per scale so that it runs long enough), SIGKILL to dvc at the first progress line of scale 1;
+    the orphaned kernel stops, the rerun resumes and ends with the uninterrupted history's rows."""
+    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    params["settings"]["3d-B"]["iterations_per_scale"] = 40
+    (smoke_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc = str(Path(sys.executable).parent / "dvc")
+    env = pipeline_env()
+    prepared = subprocess.run(
+        [dvc, "repro", "segmenter"], cwd=smoke_repo, env=env, capture_output=True, text=True
+    )
+    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-3000:]
+    process = subprocess.Popen(
+        [dvc, "repro", "train@3d-B"],
+        cwd=smoke_repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    log = []
+    for line in process.stdout:
+        log.append(line)
+        if "3d-B scale 1/1: iteration" in line:
+            break
+    text = "".join(log)
+    assert re.search(r"3d-B scale 0/1: iteration 8/40 \(20%\), d=\S+ g_adv=\S+ rec=\S+ psnr=", text)
+    assert "left" in text and "watching" in text and "dvc (PID" in text
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stdout.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _kernels(smoke_repo):
+        time.sleep(0.5)
+    assert not _kernels(smoke_repo), "the training kept running after dvc was killed"
+    rerun = subprocess.run(
+        [dvc, "repro", "train@3d-B"], cwd=smoke_repo, env=env, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "resuming" in rerun.stdout + rerun.stderr
+    history = pd.read_csv(smoke_repo / "models" / "3d-B" / "seed0" / "history.tsv", sep="\t")
+    assert history["step"].tolist() == list(range(40 + 80))
+
+
+def _kernels(repo: Path) -> list[int]:
+    """PIDs of processes still training in ``repo`` (the papermill kernel of train@3d-B)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+                cwd = os.readlink(proc / "cwd")
+            except OSError:
+                continue
+            if b"ipykernel" in cmdline and cwd.startswith(str(repo)):
+                found.append(int(proc.name))
+    return found
