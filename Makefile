@@ -2,16 +2,20 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+REPRO_ARGS ?=
 
-.PHONY: setup repro test test-fast lint format clean-env
+.PHONY: setup repro check-params test test-fast lint format clean-env
 
 setup: $(VENV)/.ready
 
 $(VENV)/.ready: pyproject.toml scripts/setup-env
 	scripts/setup-env
 
-repro: $(VENV)/.ready ## run the whole pipeline (dvc repro) on the active data source
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+repro: $(VENV)/.ready ## check params.yaml, run the whole pipeline (dvc repro), summarise
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/repro $(REPRO_ARGS)
+
+check-params: $(VENV)/.ready ## validate the whole of params.yaml (every key, profile, setting)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ctgan check-params params.yaml
 
 test: $(VENV)/.ready ## lint + every test, slow ones included (what CI runs)
 	$(BIN)/ruff check .

@@ -98,6 +98,11 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inject-from", metavar="FILE", help="3D scan in HU (.mhd/.mha/.nii.gz)")
     p.add_argument("--inject-scale", type=int, metavar="n", help="scale to inject at (1..S-1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files of the same names in --out (without it, existing files are refused)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="volumes per forward pass")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
@@ -139,8 +144,18 @@ def _run_sample(args: argparse.Namespace) -> int:
     if injecting:
         sampling.check_injection_scale(model, args.inject_scale)
         start_volume = sampling.read_injection_volume(args.inject_from, model)
+    _check_sampling_memory(model, args, shape, device, precision)
+    stem = f"inject{args.inject_scale}_seed{args.seed}" if injecting else f"sample_seed{args.seed}"
+    names = [f"{stem}_{i:03d}.{args.format}" for i in range(args.n)]
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder; give a folder to write into")
+    existing = [name for name in names if (Path(args.out) / name).exists()]
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise UsageError(
+            f"--out {args.out} already holds {existing[0]}{more}; give another --out or --seed, "
+            f"or --overwrite to replace them"
+        )
     out_dir = ensure_writable_dir(args.out)  # PermissionError: reported by main
 
     common = {
@@ -152,12 +167,10 @@ def _run_sample(args: argparse.Namespace) -> int:
     }
     if injecting:
         volumes = sampling.inject(model, start_volume, args.inject_scale, **common)
-        stem = f"inject{args.inject_scale}_seed{args.seed}"
     else:
         volumes = sampling.sample_volumes(model, scale=args.scale, **common)
-        stem = f"sample_seed{args.seed}"
-    for i, volume in enumerate(volumes):
-        path = Path(out_dir) / f"{stem}_{i:03d}.{args.format}"
+    for name, volume in zip(names, volumes, strict=True):
+        path = Path(out_dir) / name
         sampling.export_model_volume(model, volume, path, args.scale)
         print(path)
     spacing_text = " x ".join(f"{v:g}" for v in spacing)
@@ -167,6 +180,38 @@ def _run_sample(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _check_sampling_memory(model, args: argparse.Namespace, shape, device: str, precision: str):
+    """Refuse a request whose estimated peak memory exceeds what the machine has available."""
+    from ctgan import memory
+    from ctgan import sample as sampling
+
+    config = model.config
+    channels = (
+        config.train.generator_channels
+        if config.model == "3d"
+        else config.train.slice_generator_channels
+    )
+    needed = memory.sampling_bytes(
+        shape,
+        levels=sampling.scaled_shapes(model, args.scale),
+        channels=channels,
+        model=config.model,
+        n=args.n,
+        batch_size=args.batch_size,
+        precision=precision,
+        device=device,
+    )
+    available = memory.available_bytes(device)
+    if needed > available:
+        factors = " ".join(f"{v:g}" for v in args.scale)
+        raise UsageError(
+            f"--scale {factors} with --n {args.n} gives volumes of (z, y, x) {tuple(shape)} and "
+            f"needs about {needed / memory.GIB:.2f} GiB of memory; this machine has "
+            f"{available / memory.GIB:.2f} GiB available ({device}); lower --scale, --n or "
+            f"--batch-size"
+        )
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -235,6 +280,34 @@ def _run_phantom(args: argparse.Namespace) -> int:
 _SUBCOMMANDS += [_add_phantom]
 
 
+def _add_check_params(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "check-params",
+        help="check the whole of params.yaml (every key, profile and setting) before a run",
+        description=(
+            "Validate PARAMS (default params.yaml): unknown keys anywhere, wrong types, an unknown "
+            "profile or setting. `make repro` runs it before `dvc repro`; the DVC stage "
+            "check_params runs it whenever params.yaml changes."
+        ),
+    )
+    parser.add_argument("params", nargs="?", default="params.yaml", metavar="PARAMS")
+    parser.set_defaults(run=_run_check_params)
+
+
+def _run_check_params(args: argparse.Namespace) -> int:
+    from ctgan.config import check_params_file
+
+    summary = check_params_file(args.params)
+    print(
+        f"{args.params}: valid (profile {summary['profile']}, {summary['settings']} settings, "
+        f"{summary['profiles']} profiles)"
+    )
+    return 0
+
+
+_SUBCOMMANDS += [_add_check_params]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -242,9 +315,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # like argparse's own errors: usage and one line on stderr, exit 2
+        parser.print_usage(sys.stderr)
+        commands = ", ".join(
+            a.__name__.removeprefix("_add_").replace("_", "-") for a in _SUBCOMMANDS
+        )
+        print(
+            f"ctgan: error: a command is required (one of {commands}); see ctgan --help",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return int(args.run(args) or 0)
     except (

@@ -406,6 +406,36 @@ def load_config(
     return resolve_config(params or {}, setting=setting, profile=profile)
 
 
+def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the whole of a params mapping, not only what one run reads: the active profile with
+    every setting defined under ``settings``, and every other profile under ``profiles``.
+
+    A key no run would read (a typo in another profile, an unknown setting) is an error too;
+    DVC records only the keys its stages track, so this is the only place such a typo is seen.
+    Returns a summary: the active profile, the number of settings and of profiles."""
+    base = resolve_config(params)
+    settings = params.get("settings") or {}
+    if not isinstance(settings, Mapping):
+        raise ValueError("settings must be a mapping of setting name to its terms")
+    _check_keys("settings", settings, SETTINGS)
+    for setting in settings:
+        resolve_config(params, setting=setting)
+    profiles = params.get("profiles") or {}
+    for name in profiles:
+        resolve_config(params, profile=name)
+    loss_weights = params.get("loss_weights") or {}
+    for name, weights in loss_weights.items():
+        _build(LossWeights, f"loss_weights.{name}", weights)
+    return {"profile": base.profile, "settings": len(settings), "profiles": len(profiles)}
+
+
+def check_params_file(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """:func:`validate_params` on a params.yaml file (what ``ctgan check-params`` runs)."""
+    path = Path(path)
+    load_config(path)  # a missing file, invalid YAML: the usual messages
+    return validate_params(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+
+
 def config_from_dict(values: Mapping[str, Any]) -> Config:
     """Rebuild a Config from :meth:`Config.to_dict` output (e.g. a checkpoint's config.json)."""
     _check_keys("config", values, [f.name for f in fields(Config)])

@@ -106,7 +106,10 @@ def read_image(path: str | Path) -> sitk.Image:
         reason = _size_mismatch(path)
         if reason is None:
             reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
-            reason = f"SimpleITK: {reason}"
+            # SimpleITK appends a stale errno ("No such file or directory") to errors about files
+            # that exist: it would send the user looking for a missing file
+            reason = "" if "No such file or directory" in reason else reason
+            reason = f"SimpleITK: {reason}" if reason else "SimpleITK could not read the voxels"
         raise ValueError(
             f"cannot read {path}: the voxel file is corrupt or truncated ({reason}); "
             f"download or copy the scan again"
@@ -127,7 +130,9 @@ def _size_mismatch(header: Path) -> str | None:
         fields[key.strip()] = value.strip()
     element = fields.get("ElementType", "").removeprefix("MET_").removeprefix("U")
     voxel_file = _voxel_file(header)
-    if fields.get("CompressedData", "False") != "False" or element not in _ELEMENT_BYTES:
+    if voxel_file is not None and fields.get("CompressedData", "False") != "False":
+        return _compressed_mismatch(fields, voxel_file)
+    if element not in _ELEMENT_BYTES:
         return None
     if voxel_file is None or "DimSize" not in fields:
         return None
@@ -138,6 +143,22 @@ def _size_mismatch(header: Path) -> str | None:
     return (
         f"header DimSize {fields['DimSize']} x {fields['ElementType']} needs {expected} bytes, "
         f"{voxel_file.name} holds {actual}"
+    )
+
+
+def _compressed_mismatch(fields: dict[str, str], voxel_file: Path) -> str:
+    """Why a compressed (.zraw) voxel file cannot be read: its size against the header's
+    CompressedDataSize when the header gives one, else that it does not decompress."""
+    actual = voxel_file.stat().st_size
+    declared = fields.get("CompressedDataSize", "")
+    if declared.isdigit() and actual != int(declared):
+        return (
+            f"the compressed voxel file {voxel_file.name} holds {actual} bytes, the header's "
+            f"CompressedDataSize is {declared}"
+        )
+    return (
+        f"the compressed voxel file {voxel_file.name} ({actual} bytes) does not decompress to "
+        f"DimSize {fields.get('DimSize', '?')} x {fields.get('ElementType', '?')}"
     )
 
 

@@ -37,6 +37,11 @@ PYRAMID_FILE = "pyramid.npz"
 META_FILE = "meta.json"
 OUT_OF_FIELD_THRESHOLD_HU = -1500.0  # below this a voxel is outside the scanner's field of view
 LUNG_THRESHOLD_HU = -400.0
+# What a scan must have to be a chest CT this pipeline can learn from (LUNA16 scans have 95-764
+# slices over 200-420 mm; the phantom 126 slices over 315 x 341 x 341 mm).
+MIN_SLICES = 16
+MIN_FIELD_OF_VIEW_ZYX_MM = (100.0, 150.0, 150.0)
+MAX_UPSAMPLING = 3.0  # finest scale voxels per scan voxel, along any axis
 
 
 @dataclass
@@ -155,6 +160,46 @@ def _choose_uid(folder: Luna16Folder, seriesuid: str | None) -> str:
     return uids[0]
 
 
+def check_scan_geometry(scan: Scan) -> None:
+    """Refuse what cannot be a chest CT for this pipeline: a 2D image, too few slices, a field of
+    view smaller than a chest, with the numbers and the limits in the message."""
+    shape = tuple(int(n) for n in np.shape(scan.array))
+    if len(shape) != 3:
+        size = " x ".join(str(n) for n in shape)
+        raise ValueError(
+            f"scan {scan.path} is a {len(shape)}D image ({size} pixels); expected a 3D chest CT "
+            f"(a stack of slices): choose another data.seriesuid"
+        )
+    extent = np.array(shape) * np.array(scan.spacing_zyx_mm)
+    problems = []
+    if shape[0] < MIN_SLICES:
+        problems.append(f"{shape[0]} slices (at least {MIN_SLICES})")
+    if any(e < low for e, low in zip(extent, MIN_FIELD_OF_VIEW_ZYX_MM, strict=True)):
+        fov = " x ".join(f"{e:.1f}" for e in extent)
+        low = " x ".join(f"{v:g}" for v in MIN_FIELD_OF_VIEW_ZYX_MM)
+        problems.append(f"field of view {fov} mm (z, y, x; at least {low})")
+    if problems:
+        raise ValueError(
+            f"scan {scan.path} cannot be a chest CT for this pipeline: {'; '.join(problems)}; "
+            f"choose another data.seriesuid or a complete scan"
+        )
+
+
+def check_upsampling(scan: Scan, finest_zyx: tuple[int, int, int]) -> None:
+    """Refuse a scan the finest scale would upsample by more than ``MAX_UPSAMPLING`` (its detail
+    would be invented by interpolation)."""
+    factors = [f / n for f, n in zip(finest_zyx, scan.shape_zyx, strict=True)]
+    if max(factors) <= MAX_UPSAMPLING:
+        return
+    _, height, width = scan.shape_zyx
+    raise ValueError(
+        f"the pyramid's finest scale {tuple(finest_zyx)} would upsample scan {scan.path} by "
+        f"{factors[1]:.1f} x {factors[2]:.1f} in-plane ({height} x {width} voxels to "
+        f"{finest_zyx[1]} x {finest_zyx[2]}) and {factors[0]:.1f} along z; at most "
+        f"{MAX_UPSAMPLING:g}: choose a scan with finer voxels or lower pyramid.max_size"
+    )
+
+
 def check_scan_values(array: np.ndarray, path: Path) -> None:
     """Refuse a scan with NaN/inf voxels or a single value: nothing to learn from or window."""
     if np.issubdtype(array.dtype, np.floating):
@@ -175,6 +220,7 @@ def check_scan_values(array: np.ndarray, path: Path) -> None:
 def prepare_scan(folder: Luna16Folder, seriesuid: str) -> PreparedScan:
     """Read one scan with its lung mask (official, else computed) and its nodule mask."""
     scan = folder.read_scan(seriesuid)
+    check_scan_geometry(scan)
     check_scan_values(scan.array, scan.path)
     hu = scan.array.astype(np.float32)
     hu[hu < OUT_OF_FIELD_THRESHOLD_HU] = HU_MIN
@@ -241,6 +287,7 @@ def preprocess_scan(
     network = hu_to_network(prepared.hu)
     extent_zyx = np.array(scan.shape_zyx) * np.array(scan.spacing_zyx_mm)
     shapes = scale_shapes(pyramid_cfg)
+    check_upsampling(scan, shapes[-1])
     volumes, lungs, nodules, spacings = [], [], [], []
     for shape in shapes:
         volumes.append(np.clip(resize_volume(network, shape), -1.0, 1.0))

@@ -1,5 +1,8 @@
 """The frozen segmenter behind the segmentation term: a small 3D U-Net for lungs and nodules.
 
+This module: the network, its file (save / load) and whole-volume prediction. Its training data
+and crops are in ``ctgan.segmenter_data``, its training and Dice in ``ctgan.segmenter_train``.
+
 In the seed the segmentation term runs a TensorFlow V-Net on numpy copies of the volumes, so it
 carries no gradient (ctgan-facts §4, §6.3). Here a PyTorch U-Net is trained inside the pipeline on
 crops of the active data source, then frozen; the term backpropagates through it into the
@@ -36,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
-import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,13 +50,10 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from scipy import ndimage
 from torch import nn
-from tqdm.auto import tqdm
 
 from ctgan.config import SegmenterConfig
 from ctgan.io import atomic_write
-from ctgan.luna16 import Luna16Folder
 from ctgan.nets import Conv3d, InstanceNorm3d, load_weights
-from ctgan.preprocess import load_training_scan
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +62,9 @@ CHANNELS = ("lungs", "nodules")
 # The segmentation term's crop covers half of every axis: int(S/2) of S in-plane, int(S/12) of S/6.
 GAN_CROP_FRACTION = 0.5
 RANDOM_CROP_FRACTIONS = (0.3, 0.8)  # extent of the random crops, as a fraction of each axis
-SCHEME_PROBABILITIES = {"gan": 0.4, "random": 0.4, "nodule": 0.2}
-INTENSITY_SHIFT = 0.05  # +-50 HU in the networks' range
-INTENSITY_SCALE = 0.05
-NOISE_STD_MAX = 0.02
 SLICE_SLAB_DEPTH = 3  # a 2D slice is fed to the encoder as a slab of 3 copies of itself
 
 Array = np.ndarray | torch.Tensor
-Box = tuple[slice, slice, slice]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,370 +280,13 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segm
     return freeze(model.to(device))  # type: ignore[return-value]
 
 
-# ---------------------------------------------------------------------------------------------
-# The scans it learns from, split for validation.
-
-
-@dataclasses.dataclass
-class SegmenterData:
-    """Training and validation scans (full resolution) and the zooms that give the pipeline's.
-
-    ``validation`` says how the split was made: ``"held-out scan"`` (the last scan of the
-    folder is held out) or ``"held-out slab of the only scan"`` (a single scan: a middle
-    slab of ``slab_fraction`` of its slices is held out, the slices above and below train).
-    """
-
-    train_volumes: list[np.ndarray]
-    train_lungs: list[np.ndarray]
-    train_nodules: list[np.ndarray]
-    val_volumes: list[np.ndarray]
-    val_lungs: list[np.ndarray]
-    val_nodules: list[np.ndarray]
-    zooms: list[tuple[float, float, float]]
-    validation: str
-    train_uids: list[str]
-    val_uids: list[str]
-
-    def summary(self) -> list[dict[str, Any]]:
-        """One row per scan (or slab): role, uid, shape, lung and nodule fractions."""
-        rows = []
-        for role, uids, volumes, lungs, nodules in (
-            ("train", self.train_uids, self.train_volumes, self.train_lungs, self.train_nodules),
-            ("validation", self.val_uids, self.val_volumes, self.val_lungs, self.val_nodules),
-        ):
-            for uid, volume, lung, nodule in zip(uids, volumes, lungs, nodules, strict=True):
-                rows.append(
-                    {
-                        "role": role,
-                        "seriesuid": uid,
-                        "shape (D, H, W)": tuple(volume.shape),
-                        "lung fraction": round(float((lung >= 0.5).mean()), 4),
-                        "nodule voxels": int((nodule >= 0.5).sum()),
-                    }
-                )
-        return rows
-
-
-def load_segmenter_data(
-    root: str | Path,
-    training_shape: Sequence[int],
-    source_shape: Sequence[int],
-    *,
-    max_scans: int = 4,
-    slab_fraction: float = 0.25,
-) -> SegmenterData:
-    """Read up to ``max_scans`` scans of a LUNA16-layout folder and split them for validation.
-
-    Masks: the official lung mask when present, else the computed one; nodule spheres from
-    ``annotations.csv`` (``ctgan.preprocess.load_training_scan``). ``training_shape`` (the finest
-    pyramid shape) and ``source_shape`` (the full-resolution shape of the scan it was made from)
-    give the zoom of the training resolution; every scan is used at zoom 1 and at that zoom.
-    """
-    folder = Luna16Folder(root)
-    uids = folder.seriesuids()[:max_scans]
-    if not uids:
-        raise ValueError(
-            f"{root} holds no scan (expected subset*/<seriesuid>.mhd); write the phantom "
-            f"(`ctgan phantom {root}`) or point data.luna16_dir at a LUNA16 download"
-        )
-    if not 0 < slab_fraction < 1:
-        raise ValueError(f"slab_fraction must be in (0, 1); got {slab_fraction}")
-    scans = []
-    for uid in uids:
-        volume, lungs, nodules, _spacing = load_training_scan(folder, uid)
-        scans.append((volume, lungs.astype(np.float32), nodules.astype(np.float32)))
-    zoom = tuple(float(t) / float(s) for t, s in zip(training_shape, source_shape, strict=True))
-    if len(scans) > 1:
-        train, val = scans[:-1], scans[-1:]
-        validation, train_uids, val_uids = "held-out scan", uids[:-1], uids[-1:]
-    else:
-        depth = scans[0][0].shape[0]
-        slab = max(1, round(depth * slab_fraction))
-        low = (depth - slab) // 2
-        high = low + slab
-        if low < 1:
-            raise ValueError(
-                f"the only scan {uids[0]} has {depth} slices: too few to hold out a slab of "
-                f"{slab_fraction:.0%} and train on the rest; add scans to {root}"
-            )
-        train = [tuple(a[:low] for a in scans[0]), tuple(a[high:] for a in scans[0])]
-        val = [tuple(a[low:high] for a in scans[0])]
-        validation = "held-out slab of the only scan"
-        train_uids = [f"{uids[0]} z[0:{low}]", f"{uids[0]} z[{high}:{depth}]"]
-        val_uids = [f"{uids[0]} z[{low}:{high}]"]
-        logger.warning(
-            "only one scan in %s: the segmenter trains on crops of slices outside %d-%d and "
-            "validates on that held-out slab",
-            root,
-            low,
-            high - 1,
-        )
-    return SegmenterData(
-        train_volumes=[t[0] for t in train],
-        train_lungs=[t[1] for t in train],
-        train_nodules=[t[2] for t in train],
-        val_volumes=[v[0] for v in val],
-        val_lungs=[v[1] for v in val],
-        val_nodules=[v[2] for v in val],
-        zooms=[(1.0, 1.0, 1.0), zoom],  # type: ignore[list-item]
-        validation=validation,
-        train_uids=list(train_uids),
-        val_uids=list(val_uids),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Crops: the training and validation inputs.
-
-
-@dataclasses.dataclass(frozen=True)
-class _Scan:
-    """One scan at one resolution: volume, lungs, nodules stacked, and its nodule voxels."""
-
-    stacked: torch.Tensor  # (3, D, H, W): volume in [-1, 1], lungs and nodules in [0, 1]
-    nodule_voxels: np.ndarray  # (K, 3) z, y, x of voxels with nodule >= 0.5
-
-
-def _as_float_array(name: str, value: Array) -> np.ndarray:
+def as_float_array(name: str, value: Array) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     array = np.asarray(value, dtype=np.float32)
     if array.ndim != 3:
         raise ValueError(f"{name} must be a (D, H, W) array; got shape {array.shape}")
     return array
-
-
-def _prepare_scans(
-    what: str,
-    volumes: Sequence[Array],
-    lungs: Sequence[Array],
-    nodules: Sequence[Array],
-    zooms: Sequence[tuple[float, float, float]],
-) -> list[_Scan]:
-    if not (len(volumes) == len(lungs) == len(nodules)) or len(volumes) == 0:
-        raise ValueError(
-            f"{what}: volumes, lungs and nodules must be non-empty lists of the same length; "
-            f"got {len(volumes)}, {len(lungs)}, {len(nodules)}"
-        )
-    scans = []
-    for index, (volume, lung, nodule) in enumerate(zip(volumes, lungs, nodules, strict=True)):
-        arrays = [
-            _as_float_array(f"{what} {name}[{index}]", value)
-            for name, value in (("volumes", volume), ("lungs", lung), ("nodules", nodule))
-        ]
-        if not arrays[0].shape == arrays[1].shape == arrays[2].shape:
-            raise ValueError(
-                f"{what} scan {index}: volume, lungs and nodules must have the same shape; got "
-                f"{arrays[0].shape}, {arrays[1].shape}, {arrays[2].shape}"
-            )
-        stacked = torch.from_numpy(np.stack(arrays))  # (3, D, H, W)
-        for zoom in zooms:
-            shape = tuple(
-                max(1, round(s * z)) for s, z in zip(stacked.shape[1:], zoom, strict=True)
-            )
-            resized = stacked
-            if shape != tuple(stacked.shape[1:]):  # the preprocess stage's resize rule
-                resized = F.interpolate(
-                    stacked[None], size=shape, mode="trilinear", align_corners=True
-                )[0]
-            nodule_voxels = np.argwhere(resized[2].numpy() >= 0.5)
-            scans.append(_Scan(resized.contiguous(), nodule_voxels))
-    return scans
-
-
-def _extent(size: int, fraction: float) -> int:
-    return min(size, max(1, int(size * fraction)))
-
-
-def _crop_box(shape: Sequence[int], scheme: str, rng: np.random.Generator, scan: _Scan) -> Box:
-    """A crop box of ``scheme`` (gan | random | nodule) inside a (D, H, W) volume."""
-    depth, height, width = shape
-    if scheme == "gan":
-        depth_fraction = plane_fraction = GAN_CROP_FRACTION
-    else:
-        depth_fraction, plane_fraction = rng.uniform(*RANDOM_CROP_FRACTIONS, size=2)
-    sizes = (
-        _extent(depth, depth_fraction),
-        _extent(height, plane_fraction),
-        _extent(width, plane_fraction),
-    )
-    if scheme == "nodule" and len(scan.nodule_voxels):
-        centre = scan.nodule_voxels[rng.integers(len(scan.nodule_voxels))]
-        starts = [
-            int(np.clip(c - rng.integers(0, s), 0, n - s))
-            for c, s, n in zip(centre, sizes, shape, strict=True)
-        ]
-    else:
-        starts = [int(rng.integers(0, n - s + 1)) for s, n in zip(sizes, shape, strict=True)]
-    return tuple(slice(a, a + s) for a, s in zip(starts, sizes, strict=True))  # type: ignore[return-value]
-
-
-def _crop(
-    scan: _Scan, box: Box, crop_size: tuple[int, int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, *crop_size) volume and (2, *crop_size) targets, resized trilinearly like the term."""
-    stacked = scan.stacked[(slice(None), *box)]
-    resized = F.interpolate(stacked[None], size=crop_size, mode="trilinear", align_corners=True)
-    return resized[0, :1], resized[0, 1:]
-
-
-def _sample_batch(
-    scans: Sequence[_Scan],
-    batch_size: int,
-    crop_size: tuple[int, int, int],
-    rng: np.random.Generator,
-    augment: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    schemes = list(SCHEME_PROBABILITIES)
-    weights = np.array(list(SCHEME_PROBABILITIES.values()))
-    inputs, targets = [], []
-    for _ in range(batch_size):
-        scan = scans[rng.integers(len(scans))]
-        scheme = schemes[rng.choice(len(schemes), p=weights / weights.sum())]
-        volume, target = _crop(
-            scan, _crop_box(scan.stacked.shape[1:], scheme, rng, scan), crop_size
-        )
-        if augment:
-            flips = [axis + 1 for axis in range(3) if rng.random() < 0.5]
-            if flips:
-                volume, target = volume.flip(flips), target.flip(flips)
-            scale = 1 + rng.uniform(-INTENSITY_SCALE, INTENSITY_SCALE)
-            shift = rng.uniform(-INTENSITY_SHIFT, INTENSITY_SHIFT)
-            noise_std = rng.uniform(0, NOISE_STD_MAX)
-            noise = torch.from_numpy(rng.standard_normal(volume.shape).astype(np.float32))
-            volume = (volume * scale + shift + noise_std * noise).clamp(-1, 1)
-        inputs.append(volume)
-        targets.append(target)
-    return torch.stack(inputs), torch.stack(targets)  # (N, 1, *crop), (N, 2, *crop)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss, Dice, training.
-
-
-def segmenter_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice (per channel over the whole batch), averaged over the channels."""
-    bce = F.binary_cross_entropy_with_logits(logits, targets)
-    probabilities = torch.sigmoid(logits)
-    dims = (0, 2, 3, 4)
-    overlap = (probabilities * targets).sum(dims)
-    total = probabilities.sum(dims) + targets.sum(dims)
-    dice = (2 * overlap + 1) / (total + 1)
-    return bce + (1 - dice).mean()
-
-
-def dice_score(prediction: Array, target: Array, threshold: float = 0.5) -> float:
-    """Dice of two masks binarised at ``threshold``; 1.0 when both are empty."""
-    if isinstance(prediction, torch.Tensor):
-        prediction = prediction.detach().cpu().numpy()
-    if isinstance(target, torch.Tensor):
-        target = target.detach().cpu().numpy()
-    prediction, target = np.asarray(prediction), np.asarray(target)
-    if prediction.shape != target.shape:
-        raise ValueError(
-            f"dice_score: prediction and target must have the same shape; got {prediction.shape} "
-            f"and {target.shape}"
-        )
-    predicted, truth = prediction >= threshold, target >= threshold
-    total = int(predicted.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int((predicted & truth).sum()) / total
-
-
-def train_segmenter(
-    volumes: Sequence[Array],
-    lungs: Sequence[Array],
-    nodules: Sequence[Array],
-    val_volumes: Sequence[Array],
-    val_lungs: Sequence[Array],
-    val_nodules: Sequence[Array],
-    cfg: SegmenterConfig,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    *,
-    zooms: Sequence[tuple[float, float, float]] = ((1.0, 1.0, 1.0),),
-    levels: int = 3,
-    validation_crops: int = 32,
-    progress: bool = True,
-) -> tuple[Segmenter, list[dict[str, float]], dict[str, Any]]:
-    """Train a :class:`Segmenter` on random crops; return it frozen, its history and metrics.
-
-    volumes / lungs / nodules: (D, H, W) arrays per scan (volume in [-1, 1], masks in [0, 1]).
-    zooms: (z, y, x) resampling factors; every scan is used at each of them (1.0 = as given,
-    ``finest_pyramid_shape / scan_shape`` = the training resolution). Crops follow the
-    segmentation term's scheme, random extents and nodule-centred extents, resized to
-    ``cfg.crop_size``, flipped and shifted in intensity. Loss BCE + soft Dice, Adam(cfg.lr) with
-    cosine decay. Metrics: Dice (threshold 0.5, pooled over ``validation_crops`` seeded crops of
-    the validation scans at every zoom) for lungs and nodules, crops seen, seconds.
-    """
-    crop_size = tuple(int(c) for c in cfg.crop_size)
-    started = time.perf_counter()
-    train_scans = _prepare_scans("training", volumes, lungs, nodules, zooms)
-    val_scans = _prepare_scans("validation", val_volumes, val_lungs, val_nodules, zooms)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Segmenter(1, len(CHANNELS), cfg.base_channels, levels)
-    if any(c < low for c, low in zip(crop_size, model.minimum_size, strict=True)):
-        raise ValueError(
-            f"segmenter.crop_size {list(crop_size)} is smaller than the network's minimum "
-            f"{list(model.minimum_size)} for {levels} levels; raise crop_size or lower levels"
-        )
-    model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.iterations)
-    rng = np.random.default_rng(seed)
-    history: list[dict[str, float]] = []
-    model.train()
-    bar = tqdm(range(cfg.iterations), desc="segmenter", disable=not progress, mininterval=2.0)
-    for iteration in bar:
-        inputs, targets = _sample_batch(train_scans, cfg.batch_size, crop_size, rng, augment=True)
-        logits = model(inputs.to(device))
-        loss = segmenter_loss(logits, targets.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        history.append({"iteration": iteration, "loss": float(loss.detach())})
-        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-    train_seconds = time.perf_counter() - started
-    freeze(model)
-    dice = _validation_dice(model, val_scans, crop_size, validation_crops, seed, device)
-    metrics: dict[str, Any] = {
-        "dice_lungs": dice["lungs"],
-        "dice_nodules": dice["nodules"],
-        "train_seconds": round(train_seconds, 1),
-        "iterations": cfg.iterations,
-        "train_crops": cfg.iterations * cfg.batch_size,
-        "validation_crops": validation_crops,
-        "train_scans": len(volumes),
-        "validation_scans": len(val_volumes),
-        "resolutions": len(zooms),
-        **model.architecture,
-    }
-    logger.info(
-        "segmenter: Dice lungs %.3f, nodules %.3f on %d validation crops (%.0f s)",
-        dice["lungs"],
-        dice["nodules"],
-        validation_crops,
-        train_seconds,
-    )
-    return model, history, metrics
-
-
-@torch.no_grad()
-def _validation_dice(
-    model: Segmenter,
-    scans: Sequence[_Scan],
-    crop_size: tuple[int, int, int],
-    crops: int,
-    seed: int,
-    device: str | torch.device,
-) -> dict[str, float]:
-    rng = np.random.default_rng(seed + 1_000_003)
-    inputs, targets = _sample_batch(scans, crops, crop_size, rng, augment=False)
-    probabilities = torch.cat(
-        [torch.sigmoid(model(chunk.to(device))).cpu() for chunk in inputs.split(4)]
-    )
-    return {name: dice_score(probabilities[:, c], targets[:, c]) for c, name in enumerate(CHANNELS)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -679,7 +316,7 @@ def predict_volume(
     finer boundaries), windows overlapping by half are averaged, and the probabilities are
     resized back to the volume's shape.
     """
-    array = _as_float_array("predict_volume volume", volume)
+    array = as_float_array("predict_volume volume", volume)
     window = tuple(int(c) for c in crop_size)
     if not RANDOM_CROP_FRACTIONS[0] <= field_fraction <= 1:
         raise ValueError(

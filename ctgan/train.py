@@ -1,4 +1,4 @@
-"""Progressive training of the CT-GAN pyramid, scale by scale; checkpoints, resume, loading.
+"""Progressive training of the CT-GAN pyramid, scale by scale, and resuming from a checkpoint.
 
 One scale s (ctgan-facts §4): a new generator G_s (initialised from G_{s-1}) and discriminator D_s
 (a copy of D_{s-1}) train for ``iterations_for_scale(cfg.train, s)`` iterations of ``g_steps``
@@ -20,61 +20,71 @@ Departures from the seed, on purpose:
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import logging
 import math
-import os
-import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ctgan import losses
-from ctgan.config import Config, config_from_dict, iterations_for_scale, scale_shapes
+from ctgan.checkpoint import (
+    CHECKPOINT_NAME,
+    PyramidLike,
+    RunState,
+    TrainedModel,
+    checkpoint_payload,
+    find_checkpoint,
+    load_trained,
+    read_checkpoint,
+    restore_discriminator,
+    restore_generator,
+    save_checkpoint,
+)
+from ctgan.config import Config, iterations_for_scale, scale_shapes
+from ctgan.history import HISTORY_COLUMNS, HISTORY_NAME, HistoryWriter, Row, read_history
 from ctgan.intensity import network_to_paper
-from ctgan.io import atomic_write, ensure_writable_dir, write_json
+from ctgan.io import ensure_writable_dir, write_json
 from ctgan.nets import (
-    Discriminator,
     GeneratorPyramid,
     bf16_autocast,
-    build_generator_pyramid,
     grow_discriminator,
-    load_weights,
     make_noise,
     make_reconstruction_noise,
     upsample,
 )
+from ctgan.progress import progress_bar
 from ctgan.runtime import freed_memory_kept
+
+# Loading and reading trained models lives in ctgan.checkpoint / ctgan.history; these names stay
+# importable from here for the notebooks and modules that use them.
+__all__ = [
+    "CHECKPOINT_NAME",
+    "HISTORY_COLUMNS",
+    "HISTORY_NAME",
+    "Callback",
+    "PyramidLike",
+    "ScaleTrainer",
+    "TrainedModel",
+    "TrainingDiverged",
+    "check_finite_row",
+    "find_checkpoint",
+    "load_trained",
+    "precision_settings",
+    "read_checkpoint",
+    "read_history",
+    "resolve_device",
+    "scale_trainer_at",
+    "train_model",
+]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
-HISTORY_NAME = "history.tsv"
-HISTORY_COLUMNS = (
-    "step",
-    "scale",
-    "iteration",
-    "d_loss",
-    "g_adv",
-    "reconstruction",
-    "projection",
-    "segmentation",
-    "noise_amplitude",
-    "rec_psnr",
-)
-
-Row = dict[str, float]
 Callback = Callable[[Row], None]
 
 
@@ -104,14 +114,6 @@ def check_finite_row(row: Row, cfg: Config) -> None:
         f"{kept}. Lower train.lr (now {cfg.train.lr}) or change train.precision (now "
         f"{cfg.train.precision}), then rerun the stage (outside DVC, delete the model folder first)"
     )
-
-
-class PyramidLike(Protocol):
-    """What training needs from ``ctgan.preprocess.TrainingPyramid``."""
-
-    volumes: Sequence[np.ndarray]
-    spacings_zyx_mm: Sequence[Sequence[float]]
-    meta: Mapping[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,146 +207,6 @@ def _check_inputs(cfg: Config, pyramid: PyramidLike, segmenter: nn.Module | None
 
 
 # ---------------------------------------------------------------------------------------------
-# History.
-
-
-class _HistoryWriter:
-    """history.tsv written row by row (flushed), so that a crashed run keeps its curves."""
-
-    def __init__(self, path: Path, keep: pd.DataFrame | None) -> None:
-        self.path = path
-        with atomic_write(path) as tmp:
-            frame = keep if keep is not None else pd.DataFrame(columns=list(HISTORY_COLUMNS))
-            frame.to_csv(tmp, sep="\t", index=False)
-        self.rows: list[Row] = [] if keep is None else keep.to_dict("records")
-
-    def append(self, row: Row) -> None:
-        self.rows.append(row)
-        with self.path.open("a", encoding="utf-8", newline="") as handle:
-            csv.writer(handle, delimiter="\t").writerow([row[c] for c in HISTORY_COLUMNS])
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=list(HISTORY_COLUMNS))
-
-
-def read_history(model_dir: str | Path) -> pd.DataFrame:
-    """The history.tsv of a seed folder as a DataFrame (columns ``HISTORY_COLUMNS``)."""
-    path = Path(model_dir) / HISTORY_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; train the model first (notebooks/03_train)")
-    return pd.read_csv(path, sep="\t")
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints.
-
-
-@dataclass
-class _RunState:
-    generator: GeneratorPyramid
-    discriminator: Discriminator | None
-    noise_amplitudes: list[float]
-    reconstruction_noise: list[torch.Tensor]
-    completed_scales: int = 0
-    optimizer_states: dict[str, Any] = field(default_factory=dict)
-    rng_states: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def _checkpoint_payload(
-    cfg: Config, seed: int, state: _RunState, pyramid: PyramidLike, shapes: list[tuple[int, ...]]
-) -> dict[str, Any]:
-    assert state.discriminator is not None
-    return {
-        "format_version": FORMAT_VERSION,
-        "config": cfg.to_dict(),
-        "seed": int(seed),
-        "completed_scales": state.completed_scales,
-        "num_scales": len(shapes),
-        "generator_architecture": state.generator.architecture(),
-        "generator": {k: v.detach().cpu() for k, v in state.generator.state_dict().items()},
-        "discriminator_architecture": {
-            "channels": cfg.train.discriminator_channels,
-            "norm": state.generator.norm,
-        },
-        "discriminator": {k: v.detach().cpu() for k, v in state.discriminator.state_dict().items()},
-        "optimizers": state.optimizer_states,
-        "noise_amplitudes": [float(a) for a in state.noise_amplitudes],
-        "reconstruction_noise": [z.detach().cpu() for z in state.reconstruction_noise],
-        "rng_states": {k: v.cpu() for k, v in state.rng_states.items()},
-        "torch_rng_state": torch.get_rng_state(),
-        "scale_shapes": [list(s) for s in shapes],
-        "scale_spacings_zyx_mm": [[float(v) for v in s] for s in pyramid.spacings_zyx_mm],
-        "source": _plain(dict(pyramid.meta)),
-    }
-
-
-def _plain(value: Any) -> Any:
-    """Make meta JSON-like (numpy scalars/arrays to Python) so weights_only loading accepts it."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict (weights-only unpickling) and check its format version."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; train the model first")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError or UnpicklingError
-        raise ValueError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is truncated or "
-            f"not a ctgan checkpoint: delete it and retrain"
-        ) from err
-    if not isinstance(payload, dict) or "format_version" not in payload:
-        raise ValueError(f"{path} is not a ctgan checkpoint (no format_version); retrain the model")
-    if payload["format_version"] != FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint {path} has format_version {payload['format_version']}, this code reads "
-            f"{FORMAT_VERSION}; retrain the model with this version of ctgan"
-        )
-    return payload
-
-
-def _restore_generator(payload: dict[str, Any], path: Path) -> GeneratorPyramid:
-    arch = payload["generator_architecture"]
-    generator = build_generator_pyramid(
-        arch["model"], int(arch["channels"]), arch["norm"], [int(d) for d in arch["depths"]]
-    )
-    return load_weights(
-        generator,
-        payload["generator"],
-        f"checkpoint {path} does not match the generator architecture it declares ({{reason}}); "
-        f"it was written by another version of ctgan: retrain the model",
-    )
-
-
-def _restore_discriminator(payload: dict[str, Any], path: Path) -> Discriminator:
-    arch = payload["discriminator_architecture"]
-    discriminator = Discriminator(int(arch["channels"]), arch["norm"])
-    return load_weights(
-        discriminator,
-        payload["discriminator"],
-        f"checkpoint {path} does not match the discriminator architecture ({{reason}}); "
-        f"retrain the model",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Training.
 
 
@@ -400,7 +262,7 @@ class ScaleTrainer:
     reads values back to the host.
     """
 
-    def __init__(self, context: _ScaleContext, state: _RunState, seed: int) -> None:
+    def __init__(self, context: _ScaleContext, state: RunState, seed: int) -> None:
         self.context = context
         self.state = state
         cfg, s, device = context.cfg, context.scale, context.device
@@ -555,24 +417,29 @@ class ScaleTrainer:
 
 def _train_scale(
     context: _ScaleContext,
-    state: _RunState,
-    history: _HistoryWriter,
+    state: RunState,
+    history: HistoryWriter,
     callbacks: Sequence[Callback],
     seed: int,
 ) -> None:
     trainer = ScaleTrainer(context, state, seed)
     log_every = context.cfg.train.log_every
     iterations = trainer.iterations
-    progress = tqdm(
-        range(iterations), desc=f"scale {context.scale}", leave=False, dynamic_ncols=True
-    )
+    scales = len(context.shapes)
+    desc = f"{context.cfg.setting} scale {context.scale}/{scales - 1}"
+    progress = progress_bar(range(iterations), desc, leave=False, dynamic_ncols=True)
     for i in progress:
         trainer.iteration(i)
         if i % log_every == 0 or i == iterations - 1:
             row = trainer.log_row(i)
             history.append(row)
             check_finite_row(row, context.cfg)
-            progress.set_postfix(d=f"{row['d_loss']:.3g}", psnr=f"{row['rec_psnr']:.2f}")
+            progress.set_postfix(
+                d=f"{row['d_loss']:.3g}",
+                g_adv=f"{row['g_adv']:.3g}",
+                rec=f"{row['reconstruction']:.3g}",
+                psnr=f"{row['rec_psnr']:.2f}",
+            )
             for callback in callbacks:
                 callback(row)
     progress.close()
@@ -580,7 +447,7 @@ def _train_scale(
 
 
 def _grow(
-    state: _RunState,
+    state: RunState,
     cfg: Config,
     precision: Precision,
     depth: int,
@@ -636,9 +503,9 @@ def train_model(
         segmenter.to(device)
 
     checkpoint_path = out_dir / CHECKPOINT_NAME
-    state, keep = _start_or_resume(cfg, seed, checkpoint_path, out_dir, shapes, precision, device)
+    state = _start_or_resume(cfg, seed, checkpoint_path, out_dir, shapes, precision, device)
     write_json(out_dir / CONFIG_NAME, cfg.to_dict())
-    history = _HistoryWriter(out_dir / HISTORY_NAME, keep)
+    history = HistoryWriter(out_dir / HISTORY_NAME, keep_scales=state.completed_scales)
     if state.completed_scales == len(shapes):
         logger.info("%s already holds all %d scales; nothing to train", out_dir, len(shapes))
         return history.frame()
@@ -651,8 +518,8 @@ def train_model(
             context = _ScaleContext(cfg, s, device, precision, reals[s], shapes, segmenter)
             _train_scale(context, state, history, callbacks, seed)
             state.completed_scales = s + 1
-            payload = _checkpoint_payload(cfg, seed, state, pyramid, shapes)
-            _save_checkpoint(checkpoint_path, payload)
+            payload = checkpoint_payload(cfg, seed, state, pyramid, shapes)
+            save_checkpoint(checkpoint_path, payload)
             logger.info("scale %d done: checkpoint %s", s, checkpoint_path)
     return history.frame()
 
@@ -665,7 +532,7 @@ def _start_or_resume(
     shapes: list[tuple[int, ...]],
     precision: Precision,
     device: torch.device,
-) -> tuple[_RunState, pd.DataFrame | None]:
+) -> RunState:
     if not checkpoint_path.exists():
         rec_generator = torch.Generator(device=device).manual_seed(
             _derived_seed(seed, _PURPOSE_RECONSTRUCTION)
@@ -677,7 +544,7 @@ def _start_or_resume(
         )
         generator = GeneratorPyramid(cfg.model or "3d", channels, precision.norm)
         rec_noise = make_reconstruction_noise(shapes, rec_generator, device, precision.dtype)
-        return _RunState(generator, None, [], rec_noise), None
+        return RunState(generator, None, [], rec_noise)
 
     payload = read_checkpoint(checkpoint_path)
     if payload["config"] != cfg.to_dict() or payload["seed"] != int(seed):
@@ -686,14 +553,12 @@ def _start_or_resume(
             f"{out_dir} holds a checkpoint of another run (another {what}); delete the folder "
             f"or choose another out_dir"
         )
-    generator = _restore_generator(payload, checkpoint_path).to(
-        device=device, dtype=precision.dtype
-    )
-    discriminator = _restore_discriminator(payload, checkpoint_path).to(
+    generator = restore_generator(payload, checkpoint_path).to(device=device, dtype=precision.dtype)
+    discriminator = restore_discriminator(payload, checkpoint_path).to(
         device=device, dtype=precision.dtype
     )
     completed = int(payload["completed_scales"])
-    state = _RunState(
+    state = RunState(
         generator,
         discriminator,
         [float(a) for a in payload["noise_amplitudes"]],
@@ -702,141 +567,8 @@ def _start_or_resume(
         optimizer_states=payload["optimizers"],
         rng_states=payload["rng_states"],
     )
-    keep = None
-    history_path = out_dir / HISTORY_NAME
-    if history_path.is_file():
-        frame = pd.read_csv(history_path, sep="\t")
-        keep = frame[frame["scale"] < completed].reset_index(drop=True)
     logger.info("resuming %s after scale %d", out_dir, completed - 1)
-    return state, keep
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading a trained model.
-
-
-@dataclass
-class TrainedModel:
-    """A trained pyramid rebuilt from its checkpoint alone (eval mode, frozen, float32)."""
-
-    config: Config
-    generator: GeneratorPyramid
-    noise_amplitudes: list[float]
-    reconstruction_noise: list[torch.Tensor]
-    scale_shapes: list[tuple[int, int, int]]
-    scale_spacings_zyx_mm: list[tuple[float, float, float]]
-    source: dict[str, Any]
-    model_dir: Path
-    seed: int = 0
-
-    def reconstruct(self) -> torch.Tensor:
-        """G(z_rec) at the finest scale, ``(1, 1, D, H, W)``."""
-        with torch.no_grad():
-            result = self.generator(self.reconstruction_noise)
-        assert isinstance(result, torch.Tensor)
-        return result
-
-
-def find_checkpoint(model_dir: str | Path) -> Path:
-    """``model_dir/checkpoint.pt``, or that of its single ``seed<k>/`` subfolder."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model folder {model_dir} not found; train the model first")
-    direct = model_dir / CHECKPOINT_NAME
-    if direct.is_file():
-        return direct
-    seeds = sorted(p for p in model_dir.glob(f"seed*/{CHECKPOINT_NAME}") if p.is_file())
-    if len(seeds) == 1:
-        return seeds[0]
-    if len(seeds) > 1:
-        names = ", ".join(p.parent.name for p in seeds)
-        raise ValueError(
-            f"{model_dir} holds several seeds ({names}); pass one seed folder, e.g. "
-            f"{seeds[0].parent}"
-        )
-    raise FileNotFoundError(
-        f"{model_dir} is not a model folder: no {CHECKPOINT_NAME} in it or in a seed<k>/ "
-        f"subfolder; pass models/<model>-<setting>/ or its seed folder"
-    )
-
-
-def load_trained(model_dir: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild a trained model from ``checkpoint.pt`` alone (no params.yaml needed)."""
-    path = find_checkpoint(model_dir)
-    payload = read_checkpoint(path)
-    generator = _restore_generator(payload, path).float().to(device)
-    generator.requires_grad_(False)
-    generator.eval()
-    completed = int(payload["completed_scales"])
-    if completed < int(payload["num_scales"]):
-        logger.warning(
-            "%s holds %d of %d scales (training was interrupted); using the trained ones",
-            path,
-            completed,
-            payload["num_scales"],
-        )
-    return TrainedModel(
-        config=config_from_dict(payload["config"]),
-        generator=generator,
-        noise_amplitudes=[float(a) for a in payload["noise_amplitudes"]],
-        reconstruction_noise=[
-            z.float().to(device) for z in payload["reconstruction_noise"][:completed]
-        ],
-        scale_shapes=[tuple(int(v) for v in s) for s in payload["scale_shapes"][:completed]],  # type: ignore[misc]
-        scale_spacings_zyx_mm=[
-            tuple(float(v) for v in s)  # type: ignore[misc]
-            for s in payload["scale_spacings_zyx_mm"][:completed]
-        ],
-        source=dict(payload["source"]),
-        model_dir=path.parent,
-        seed=int(payload["seed"]),
-    )
-
-
-def run_key(cfg: Config, seed: int) -> str:
-    """A short hash of what determines a run: the resolved config, the seed and the training code
-    (nets, losses, train). Two runs with the same key produce the same checkpoint."""
-    code = b"".join(
-        (Path(__file__).parent / name).read_bytes() for name in ("nets.py", "losses.py", "train.py")
-    )
-    text = json.dumps({"config": cfg.to_dict(), "seed": int(seed)}, sort_keys=True).encode()
-    return hashlib.sha256(text + code).hexdigest()[:12]
-
-
-def train_stage(
-    cfg: Config,
-    pyramid: PyramidLike,
-    out_dir: str | Path,
-    work_root: str | Path,
-    segmenter: nn.Module | None = None,
-    callbacks: Iterable[Callback] = (),
-) -> dict[str, pd.DataFrame]:
-    """Train every seed of ``cfg`` into ``out_dir/seed<k>/`` so that an interrupted stage resumes.
-
-    DVC deletes a stage's outputs before rerunning it, so the checkpoints of a run in progress
-    live in ``work_root/<setting>-seed<k>-<run_key>/`` (outside the outputs); a rerun of the same
-    config, seed and code resumes there after the last finished scale, and a finished seed is
-    moved into ``out_dir``. Work folders of another config or code version are discarded.
-    """
-    out_dir, work_root = ensure_writable_dir(out_dir), ensure_writable_dir(work_root)
-    histories = {}
-    for k, seed_dir in iterate_seed_dirs(out_dir, cfg.train.seeds):
-        work = work_root / f"{cfg.setting}-seed{k}-{run_key(cfg, k)}"
-        for stale in work_root.glob(f"{cfg.setting}-seed{k}-*"):
-            if stale != work:
-                logger.info("discarding %s (another config or code version)", stale)
-                shutil.rmtree(stale)
-        histories[f"seed{k}"] = train_model(cfg, pyramid, work, k, segmenter, callbacks)
-        if seed_dir.exists():
-            shutil.rmtree(seed_dir)
-        os.replace(work, seed_dir)
-    return histories
-
-
-def iterate_seed_dirs(out_dir: str | Path, seeds: int) -> Iterator[tuple[int, Path]]:
-    """``(k, out_dir/seed<k>)`` for k in 0 .. seeds-1 (the folders train_model writes into)."""
-    for k in range(seeds):
-        yield k, Path(out_dir) / f"seed{k}"
+    return state
 
 
 def scale_trainer_at(
@@ -867,7 +599,7 @@ def scale_trainer_at(
     rec_generator = torch.Generator(device=device).manual_seed(
         _derived_seed(seed, _PURPOSE_RECONSTRUCTION)
     )
-    state = _RunState(
+    state = RunState(
         GeneratorPyramid(cfg.model or "3d", channels, precision.norm),
         None,
         [],

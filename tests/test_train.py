@@ -32,10 +32,9 @@ from ctgan.train import (
     read_history,
     reconstruction_psnr,
     resolve_device,
-    run_key,
     train_model,
-    train_stage,
 )
+from ctgan.train_stage import run_key, train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -205,14 +204,14 @@ def test_train_stage_resumes_after_dvc_deleted_its_outputs(tmp_path: Path) -> No
             cfg, pyramid, tmp_path / "out", tmp_path / "work", callbacks=[interrupt_at_scale(1)]
         )
     assert not stale.exists()
-    (work,) = (tmp_path / "work").iterdir()
+    (work,) = (tmp_path / "work").glob("3d-B-*")  # beside it: the lock file .3d-B-seed0.lock
     assert torch.load(work / CHECKPOINT_NAME, weights_only=True)["completed_scales"] == 1
     shutil.rmtree(tmp_path / "out")  # what DVC does to a stage's outputs before rerunning it
     calls: list[dict[str, float]] = []
     train_stage(cfg, pyramid, tmp_path / "out", tmp_path / "work", callbacks=[calls.append])
     assert {row["scale"] for row in calls} == {1}  # scale 0 was not trained again
     assert_same_state(state(tmp_path / "whole" / "seed0"), state(tmp_path / "out" / "seed0"))
-    assert list((tmp_path / "work").iterdir()) == []
+    assert [p.name for p in (tmp_path / "work").iterdir()] == [".3d-B-seed0.lock"]
 
 
 def test_run_key_follows_config_and_seed() -> None:
