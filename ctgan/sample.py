@@ -255,8 +255,14 @@ def sample_volumes(
     device: str | torch.device | None = None,
     progress: bool = True,
     precision: str = "auto",
+    start_scale: int | None = None,
 ) -> np.ndarray:
     """``n`` random volumes ``(n, D, H, W)`` float32 in [-1, 1], from fresh noise at every level.
+
+    ``start_scale``: the level generation starts at (None: the model's
+    ``train.sample_start_scale``). 0 is SinGAN's random sample from pure noise; ``k > 0`` starts
+    from the real training volume of level ``k - 1`` (saved in the checkpoint), so the coarse
+    anatomy is the scan's and levels ``k`` and finer draw fresh noise (SinGAN's gen_start_scale).
 
     ``scale`` = per-axis size factor (z, y, x) applied to the noise maps of every level (checked
     before any work, see :func:`scaled_shapes`). The same ``seed`` gives identical volumes, and
@@ -266,19 +272,67 @@ def sample_volumes(
     _check_count("n", n)
     _check_count("batch_size", batch_size)
     shapes = scaled_shapes(model, scale)
+    start = resolve_start_scale(model, start_scale, scale)
     device = _resolve_device(model, device)
     precision = resolve_precision(precision, device)
     _, dtype = _generator_device_dtype(model)
     noises = _per_sample_noise(model, shapes, n, seed, dtype)
     log.debug(
-        "sampling %d volume(s) of shape %s (scale %s, seed %d, %s)",
+        "sampling %d volume(s) of shape %s (scale %s, seed %d, %s, start scale %d)",
         n,
         shapes[-1],
         scale,
         seed,
         precision,
+        start,
     )
-    return _run_batches(model, noises, batch_size, device, progress, precision)
+    if start == 0:
+        return _run_batches(model, noises, batch_size, device, progress, precision)
+    assert model.real_volumes is not None
+    volume = torch.as_tensor(model.real_volumes[start - 1], dtype=dtype)[None, None]
+    return _run_batches(model, noises, batch_size, device, progress, precision, start, volume)
+
+
+def resolve_start_scale(
+    model: TrainedModel, start_scale: int | None, scale: Sequence[float] = (1.0, 1.0, 1.0)
+) -> int:
+    """The level random samples start at: ``start_scale``, or the model's configured one.
+
+    Samples of another size (``scale`` not all 1) have no real volume of their size to start
+    from: with the model's default they start at 0, and an explicit ``start_scale > 0`` is an error.
+    """
+    start = model.config.train.sample_start_scale if start_scale is None else start_scale
+    last = len(model.scale_shapes) - 1
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= last:
+        raise ValueError(
+            f"start scale must be an integer between 0 and {last} (this model has {last + 1} "
+            f"scales; 0 = pure noise); got {start!r}"
+        )
+    if start == 0:
+        return 0
+    if model.config.model == "2d":
+        raise ValueError(
+            f"2D models sample from scale 0 only (no noise above the coarsest scale: every sample "
+            f"starting at scale {start} would be the same volume); got start scale {start}"
+        )
+    if model.real_volumes is None:
+        raise ValueError(
+            f"{model.model_dir} was trained before checkpoints held the training pyramid, so it "
+            f"cannot start sampling at scale {start}; pass start_scale=0 (ctgan sample "
+            f"--start-scale 0) or retrain the model"
+        )
+    if tuple(float(v) for v in scale) != (1.0, 1.0, 1.0):
+        if (
+            start_scale is None
+        ):  # the model's default: other sizes have no real volume to start from
+            log.info("samples of size factor %s start from pure noise (scale 0)", tuple(scale))
+            return 0
+        raise ValueError(
+            f"samples of another size (scale {tuple(scale)}) start from pure noise: the real "
+            f"volume a start scale of {start} begins with has the training size; pass "
+            f"start_scale=0 (ctgan sample --start-scale 0) with --scale"
+        )
+    return start
 
 
 def _check_network_volume(volume: np.ndarray | torch.Tensor, name: str = "volume") -> torch.Tensor:
