@@ -71,6 +71,9 @@ def checkpoint_payload(
         "scale_shapes": [list(s) for s in shapes],
         "scale_spacings_zyx_mm": [[float(v) for v in s] for s in pyramid.spacings_zyx_mm],
         "source": _plain(dict(pyramid.meta)),
+        # the training pyramid itself (float32, coarsest first): random samples that start above
+        # scale 0 (train.sample_start_scale) start from the real volume of the scale below
+        "real_volumes": [torch.as_tensor(np.asarray(v, dtype=np.float32)) for v in pyramid.volumes],
     }
 
 
@@ -153,6 +156,9 @@ class TrainedModel:
     source: dict[str, Any]
     model_dir: Path
     seed: int = 0
+    # the training pyramid (D, H, W) float32 per scale; None in checkpoints written before it was
+    # saved (such models can only sample from scale 0)
+    real_volumes: list[np.ndarray] | None = None
 
     def reconstruct(self) -> torch.Tensor:
         """G(z_rec) at the finest scale, ``(1, 1, D, H, W)``."""
@@ -215,4 +221,9 @@ def load_trained(model_dir: str | Path, device: str | torch.device = "cpu") -> T
         source=dict(payload["source"]),
         model_dir=path.parent,
         seed=int(payload["seed"]),
+        real_volumes=(
+            [v.float().numpy() for v in payload["real_volumes"][:completed]]
+            if "real_volumes" in payload
+            else None
+        ),
     )

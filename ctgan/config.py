@@ -117,8 +117,16 @@ class TrainConfig:
     device: str = "auto"
     seeds: int = 1
     log_every: int = 10
+    # Realism switch (not in the seed, which samples from scale 0): random samples start at this
+    # scale from the real volume of the scale below (SinGAN's gen_start_scale); 0 = pure noise.
+    sample_start_scale: int = 0
 
     def __post_init__(self) -> None:
+        if self.sample_start_scale < 0:
+            raise ValueError(
+                f"train.sample_start_scale must be >= 0 (0 = random from pure noise at the "
+                f"coarsest scale); got {self.sample_start_scale}"
+            )
         for name in ("iterations_per_scale", "g_steps", "d_steps", "seeds", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1; got {getattr(self, name)}")
@@ -206,6 +214,19 @@ class Config:
             _choice("setting", self.setting, SETTINGS)
         for term in self.terms:
             _choice("settings term", term, LOSS_TERMS)
+        start, scales = self.train.sample_start_scale, num_scales(self.pyramid)
+        if start >= scales:
+            raise ValueError(
+                f"train.sample_start_scale must be below the number of scales ({scales} for "
+                f"min_size {self.pyramid.min_size}, max_size {self.pyramid.max_size}); got {start}"
+            )
+        if start > 0 and self.model == "2d":
+            raise ValueError(
+                f"train.sample_start_scale must be 0 for the 2D settings ({self.setting}): the "
+                f"slice-stack generator has no noise above its coarsest scale, so every sample "
+                f"starting at scale {start} would be the same volume; set "
+                f"settings.{self.setting}.sample_start_scale: 0 in params.yaml"
+            )
 
     @property
     def model(self) -> str | None:

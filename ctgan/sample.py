@@ -1,5 +1,5 @@
 """Use a trained pyramid as a tool: random samples (at the training size or others), injection,
-reconstruction, and export to .mha / .nii.gz with the source scan's geometry.
+reconstruction, and the output geometry (writing files: ``ctgan.export``).
 
 Volumes here are numpy ``(D, H, W)`` = ``(z, y, x)`` float32 in the network range [-1, 1]; a batch
 is ``(N, D, H, W)``. The generator itself sees ``(N, 1, D, H, W)``.
@@ -29,10 +29,6 @@ float32 elsewhere. On this project's trained models bf16 changes a volume by a f
 and the reconstruction PSNR by at most 0.012 dB (``benchmarks/bench_sample.py``,
 ``docs/performance.md``); the evaluation computes its metrics in float32 so that they do not
 depend on the machine.
-
-Geometry of exported files (int16 HU): spacing = the finest training level's (for any size
-factor); direction = the source scan's; origin = the source origin moved by half a voxel so that
-the training grid covers the scan's field of view (:func:`output_origin_xyz_mm`).
 """
 
 from __future__ import annotations
@@ -40,16 +36,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from tqdm.auto import tqdm
 
-from ctgan.intensity import hu_to_network, network_to_hu_int16
-from ctgan.io import atomic_write
 from ctgan.nets import bf16_autocast, make_noise
 
 if TYPE_CHECKING:
@@ -64,10 +56,6 @@ RECEPTIVE_FIELD_3D = 11
 MINIMUM_IN_PLANE_2D = 16
 
 PRECISIONS = ("auto", "float32", "bf16")
-
-EXPORT_SUFFIXES = (".nii.gz", ".mha")
-# Formats that carry spacing, origin and direction (what an injection file must have).
-GEOMETRY_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd")
 
 Shape3 = tuple[int, int, int]
 
@@ -267,8 +255,14 @@ def sample_volumes(
     device: str | torch.device | None = None,
     progress: bool = True,
     precision: str = "auto",
+    start_scale: int | None = None,
 ) -> np.ndarray:
     """``n`` random volumes ``(n, D, H, W)`` float32 in [-1, 1], from fresh noise at every level.
+
+    ``start_scale``: the level generation starts at (None: the model's
+    ``train.sample_start_scale``). 0 is SinGAN's random sample from pure noise; ``k > 0`` starts
+    from the real training volume of level ``k - 1`` (saved in the checkpoint), so the coarse
+    anatomy is the scan's and levels ``k`` and finer draw fresh noise (SinGAN's gen_start_scale).
 
     ``scale`` = per-axis size factor (z, y, x) applied to the noise maps of every level (checked
     before any work, see :func:`scaled_shapes`). The same ``seed`` gives identical volumes, and
@@ -278,19 +272,67 @@ def sample_volumes(
     _check_count("n", n)
     _check_count("batch_size", batch_size)
     shapes = scaled_shapes(model, scale)
+    start = resolve_start_scale(model, start_scale, scale)
     device = _resolve_device(model, device)
     precision = resolve_precision(precision, device)
     _, dtype = _generator_device_dtype(model)
     noises = _per_sample_noise(model, shapes, n, seed, dtype)
     log.debug(
-        "sampling %d volume(s) of shape %s (scale %s, seed %d, %s)",
+        "sampling %d volume(s) of shape %s (scale %s, seed %d, %s, start scale %d)",
         n,
         shapes[-1],
         scale,
         seed,
         precision,
+        start,
     )
-    return _run_batches(model, noises, batch_size, device, progress, precision)
+    if start == 0:
+        return _run_batches(model, noises, batch_size, device, progress, precision)
+    assert model.real_volumes is not None
+    volume = torch.as_tensor(model.real_volumes[start - 1], dtype=dtype)[None, None]
+    return _run_batches(model, noises, batch_size, device, progress, precision, start, volume)
+
+
+def resolve_start_scale(
+    model: TrainedModel, start_scale: int | None, scale: Sequence[float] = (1.0, 1.0, 1.0)
+) -> int:
+    """The level random samples start at: ``start_scale``, or the model's configured one.
+
+    Samples of another size (``scale`` not all 1) have no real volume of their size to start
+    from: with the model's default they start at 0, and an explicit ``start_scale > 0`` is an error.
+    """
+    start = model.config.train.sample_start_scale if start_scale is None else start_scale
+    last = len(model.scale_shapes) - 1
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= last:
+        raise ValueError(
+            f"start scale must be an integer between 0 and {last} (this model has {last + 1} "
+            f"scales; 0 = pure noise); got {start!r}"
+        )
+    if start == 0:
+        return 0
+    if model.config.model == "2d":
+        raise ValueError(
+            f"2D models sample from scale 0 only (no noise above the coarsest scale: every sample "
+            f"starting at scale {start} would be the same volume); got start scale {start}"
+        )
+    if model.real_volumes is None:
+        raise ValueError(
+            f"{model.model_dir} was trained before checkpoints held the training pyramid, so it "
+            f"cannot start sampling at scale {start}; pass start_scale=0 (ctgan sample "
+            f"--start-scale 0) or retrain the model"
+        )
+    if tuple(float(v) for v in scale) != (1.0, 1.0, 1.0):
+        if (
+            start_scale is None
+        ):  # the model's default: other sizes have no real volume to start from
+            log.info("samples of size factor %s start from pure noise (scale 0)", tuple(scale))
+            return 0
+        raise ValueError(
+            f"samples of another size (scale {tuple(scale)}) start from pure noise: the real "
+            f"volume a start scale of {start} begins with has the training size; pass "
+            f"start_scale=0 (ctgan sample --start-scale 0) with --scale"
+        )
+    return start
 
 
 def _check_network_volume(volume: np.ndarray | torch.Tensor, name: str = "volume") -> torch.Tensor:
@@ -369,210 +411,14 @@ def reconstruct(model: TrainedModel, precision: str = "auto") -> np.ndarray:
     return volume[0, 0].float().clamp(-1, 1).cpu().numpy()
 
 
-# --- files -----------------------------------------------------------------------------------
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in sorted({*EXPORT_SUFFIXES, *GEOMETRY_SUFFIXES}, key=len, reverse=True):
-        if name.endswith(suffix):
-            return suffix
-    return "".join(path.suffixes).lower() or "(none)"
-
-
-def _check_geometry(
-    spacing_zyx_mm: Sequence[float], origin_xyz_mm: Sequence[float], direction: Sequence[float]
-) -> None:
-    spacing = [float(v) for v in spacing_zyx_mm]
-    if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
-        raise ValueError(
-            f"spacing_zyx_mm must be three positive numbers; got {list(spacing_zyx_mm)}"
-        )
-    if len(origin_xyz_mm) != 3 or not all(math.isfinite(float(v)) for v in origin_xyz_mm):
-        raise ValueError(f"origin_xyz_mm must be three finite numbers; got {list(origin_xyz_mm)}")
-    matrix = np.asarray(direction, dtype=np.float64)
-    if matrix.size != 9 or not np.allclose(
-        matrix.reshape(3, 3) @ matrix.reshape(3, 3).T, np.eye(3), atol=1e-4
-    ):
-        raise ValueError(
-            f"direction must be 9 numbers forming an orthonormal 3x3 matrix (row-major, as "
-            f"SimpleITK's GetDirection); got {list(direction)}"
-        )
-
-
-def export_volume(
-    volume: np.ndarray,
-    path: str | Path,
-    spacing_zyx_mm: Sequence[float],
-    origin_xyz_mm: Sequence[float],
-    direction: Sequence[float],
-) -> Path:
-    """Write ``volume`` ``(D, H, W)`` in [-1, 1] as int16 HU to ``path`` (.nii.gz or .mha).
-
-    Geometry in SimpleITK's conventions: spacing given as (z, y, x) is written as (x, y, z); origin
-    (x, y, z) in mm and direction (9 floats) as the source scan's. The write is atomic: an
-    interrupted export leaves no file under ``path``.
-    """
-    path = Path(path)
-    suffix = _suffix(path)
-    if suffix not in EXPORT_SUFFIXES:
-        raise ValueError(
-            f"cannot export to {path.name}: the extension must be one of "
-            f"{', '.join(EXPORT_SUFFIXES)}; got {suffix}"
-        )
-    volume = np.asarray(volume)
-    if volume.ndim != 3:
-        raise ValueError(
-            f"volume must be 3D (D, H, W); got {volume.ndim}D with shape {volume.shape}"
-        )
-    _check_geometry(spacing_zyx_mm, origin_xyz_mm, direction)
-    image = sitk.GetImageFromArray(network_to_hu_int16(volume))  # (z, y, x) -> image (x, y, z)
-    image.SetSpacing(tuple(float(v) for v in reversed(tuple(spacing_zyx_mm))))
-    image.SetOrigin(tuple(float(v) for v in origin_xyz_mm))
-    image.SetDirection(tuple(float(v) for v in direction))
-    with atomic_write(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=suffix == ".nii.gz")
-    log.debug("wrote %s %s", path, volume.shape)
-    return path
-
-
-def export_model_volume(
-    model: TrainedModel,
-    volume: np.ndarray,
-    path: str | Path,
-    scale: Sequence[float] = (1.0, 1.0, 1.0),
-) -> Path:
-    """:func:`export_volume` with ``model``'s output spacing and origin and its source direction."""
-    source = model.source
-    return export_volume(
-        volume,
-        path,
-        output_spacing_zyx_mm(model, scale),
-        output_origin_xyz_mm(model),
-        source["direction"],
-    )
-
-
-def read_injection_volume(path: str | Path, model: TrainedModel | None = None) -> np.ndarray:
-    """Read a 3D scan (.mhd/.mha/.nii/.nii.gz/.nrrd, in HU) as ``(D, H, W)`` in [-1, 1].
-
-    The file must carry geometry (spacing, origin, direction) and be 3D with one component. With a
-    ``model``, a physical extent far from the training volume's is logged as a warning (the volume
-    is resized to the injection level whatever its extent).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"injection file {path} not found")
-    suffix = _suffix(path)
-    if suffix not in GEOMETRY_SUFFIXES:
-        raise ValueError(
-            f"injection file {path.name} has no geometry (spacing, origin, direction): expected "
-            f"one of {', '.join(GEOMETRY_SUFFIXES)}; got {suffix}"
-        )
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise ValueError(
-            f"injection file {path} could not be read as an image: {str(err).strip().splitlines()[-1]}"
-        ) from err
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(
-            f"injection file {path.name} must be a 3D single-channel scan; got a "
-            f"{image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} "
-            f"component(s) and size {image.GetSize()}"
-        )
-    volume = sitk.GetArrayFromImage(image)  # (z, y, x)
-    if min(volume.shape) < 2:
-        raise ValueError(
-            f"injection file {path.name} must be a 3D volume with at least 2 voxels per axis; "
-            f"got shape (z, y, x) {volume.shape}"
-        )
-    if model is not None:
-        extent = np.asarray(volume.shape) * np.asarray(image.GetSpacing()[::-1])
-        trained = np.asarray(model.scale_shapes[-1]) * np.asarray(model.scale_spacings_zyx_mm[-1])
-        ratio = extent / trained
-        if np.any(ratio < 0.5) or np.any(ratio > 2.0):
-            log.warning(
-                "injection file %s covers %s mm (z, y, x), the training volume %s mm; it is "
-                "resized to the injection level anyway",
-                path.name,
-                np.round(extent, 1).tolist(),
-                np.round(trained, 1).tolist(),
-            )
-    return hu_to_network(volume.astype(np.float32))
-
-
-# --- description (``ctgan info``) ------------------------------------------------------------
-
-
-def find_metrics_file(model: TrainedModel) -> Path | None:
-    """The metrics of ``model``: ``<model_dir>/metrics.json`` if present, else the pipeline's
-    ``metrics/<model>-<setting>.json`` of the repository holding ``models/<model>-<setting>/seed<k>``
-    (three levels above the model folder); None when neither exists."""
-    model_dir = Path(model.model_dir)
-    own = model_dir / "metrics.json"
-    if own.is_file():
-        return own
-    setting = model.config.setting
-    if setting is None or len(model_dir.resolve().parents) < 3:
-        return None
-    repository = model_dir.resolve().parents[2]
-    pipeline = repository / "metrics" / f"{setting}.json"
-    return pipeline if pipeline.is_file() else None
-
-
-def _flatten(values: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(values, dict):
-        rows: list[tuple[str, Any]] = []
-        for key, value in values.items():
-            rows += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-        return rows
-    return [(prefix, values)]
-
-
-def describe_model(model: TrainedModel) -> str:
-    """A plain-text description: setting, scales (shape, spacing, extent, noise), data, metrics."""
-    from ctgan.io import read_json
-
-    config = model.config
-    source = model.source
-    lines = [
-        f"model folder: {model.model_dir}",
-        f"model:        {config.model} ({'3D volume' if config.model == '3d' else '2D slice-stack'} generator)",
-        f"setting:      {config.setting} (loss terms: {', '.join(config.terms) or 'adversarial'})",
-        f"profile:      {config.profile}",
-        f"training:     iterations_per_scale {config.train.iterations_per_scale} (scale s: x (s + 1)), "
-        f"{config.train.adversarial_loss}, precision {config.train.precision}",
-        f"scales:       {len(model.scale_shapes)} (coarsest first)",
-        "  scale  shape (z, y, x)      spacing (z, y, x) mm     extent (z, y, x) mm      noise",
-    ]
-    for level, (shape, spacing) in enumerate(
-        zip(model.scale_shapes, model.scale_spacings_zyx_mm, strict=True)
-    ):
-        extent = [size * step for size, step in zip(shape, spacing, strict=True)]
-        lines.append(
-            f"  {level:>5}  {str(tuple(int(v) for v in shape)):<19}  "
-            f"{', '.join(f'{v:.3f}' for v in spacing):<23}  "
-            f"{', '.join(f'{v:.1f}' for v in extent):<23}  {model.noise_amplitudes[level]:.4f}"
-        )
-    lines += [
-        "training data:",
-        f"  source:     {source.get('source', config.data.source)}",
-        f"  seriesuid:  {source.get('seriesuid', '(unknown)')}",
-    ]
-    if "scan_path" in source:
-        lines.append(f"  scan:       {source['scan_path']}")
-    if "spacing_xyz_mm" in source and "shape_zyx" in source:
-        lines.append(
-            f"  original:   shape (z, y, x) {tuple(source['shape_zyx'])}, spacing (x, y, z) "
-            f"{', '.join(f'{float(v):.3f}' for v in source['spacing_xyz_mm'])} mm"
-        )
-    metrics_path = find_metrics_file(model)
-    if metrics_path is None:
-        lines.append("metrics:      none found (run the evaluate stage)")
-    else:
-        lines.append(f"metrics:      {metrics_path}")
-        for key, value in _flatten(read_json(metrics_path)):
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            lines.append(f"  {key}: {shown}")
-    return "\n".join(lines)
+# File export, injection files and ``ctgan info`` live in ctgan.export; re-exported here so that
+# ``from ctgan.sample import export_volume`` keeps working.
+from ctgan.export import (  # noqa: E402, F401
+    EXPORT_SUFFIXES,
+    GEOMETRY_SUFFIXES,
+    describe_model,
+    export_model_volume,
+    export_volume,
+    find_metrics_file,
+    read_injection_volume,
+)

@@ -1,0 +1,129 @@
+"""Random samples that start above scale 0 (``train.sample_start_scale``, SinGAN's
+gen_start_scale): the config check, the sampling path, and the training pyramid in checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from test_sample import make_model, smooth_volume
+from test_train import run, synthetic_pyramid, tiny_config
+
+from ctgan import sample
+from ctgan.checkpoint import load_trained
+from ctgan.config import load_config, resolve_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def with_start(model: types.SimpleNamespace, start: int, real: bool = True):
+    """``model`` (a test stand-in) configured to start at ``start``, holding a training pyramid."""
+    train = dataclasses.replace(model.config.train, sample_start_scale=start)
+    copy = types.SimpleNamespace(**vars(model))
+    copy.config = dataclasses.replace(model.config, train=train)
+    copy.real_volumes = (
+        [smooth_volume(tuple(s), seed=level) for level, s in enumerate(model.scale_shapes)]
+        if real
+        else None
+    )
+    return copy
+
+
+def test_start_one_begins_from_the_real_coarse_volume():
+    model = with_start(make_model("3d-B", identity=True), 1)
+    samples = sample.sample_volumes(model, 2, seed=0, progress=False, precision="float32")
+    coarse = torch.as_tensor(model.real_volumes[0])[None, None]
+    expected = F.interpolate(
+        coarse, size=model.scale_shapes[1], mode="trilinear", align_corners=True
+    )
+    # identity scales add nothing to their input: the sample is the upsampled real volume
+    np.testing.assert_allclose(samples[0], expected[0, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(samples[1], samples[0], atol=1e-6)
+
+
+def test_model_default_equals_explicit_start_and_differs_from_zero():
+    model = with_start(make_model("3d-B"), 1)
+    default = sample.sample_volumes(model, 2, seed=3, progress=False, precision="float32")
+    explicit = sample.sample_volumes(
+        model, 2, seed=3, progress=False, precision="float32", start_scale=1
+    )
+    zero = sample.sample_volumes(
+        model, 2, seed=3, progress=False, precision="float32", start_scale=0
+    )
+    np.testing.assert_array_equal(default, explicit)
+    assert not np.allclose(default, zero)
+    # the same as injecting the real coarse volume at scale 1 with the same seed
+    injected = sample.inject(
+        model, model.real_volumes[0], 1, n=2, seed=3, progress=False, precision="float32"
+    )
+    np.testing.assert_allclose(default, injected, atol=1e-6)
+
+
+def test_start_scale_errors():
+    model = with_start(make_model("3d-B"), 0)
+    with pytest.raises(ValueError, match=r"start scale must be an integer between 0 and 1"):
+        sample.sample_volumes(model, 1, progress=False, start_scale=2)
+    with pytest.raises(ValueError, match=r"start scale must be an integer"):
+        sample.sample_volumes(model, 1, progress=False, start_scale=-1)
+    old = with_start(make_model("3d-B"), 0, real=False)
+    with pytest.raises(ValueError, match=r"trained before checkpoints held the training pyramid"):
+        sample.sample_volumes(old, 1, progress=False, start_scale=1)
+    with pytest.raises(ValueError, match=r"samples of another size .* start from pure noise"):
+        sample.sample_volumes(model, 1, progress=False, start_scale=1, scale=(1.5, 1, 1))
+    two_d = with_start(make_model("2d-B"), 0)
+    with pytest.raises(ValueError, match=r"2D models sample from scale 0 only"):
+        sample.sample_volumes(two_d, 1, progress=False, start_scale=1)
+
+
+def test_other_sizes_fall_back_to_scale_zero_under_the_default():
+    model = with_start(make_model("3d-B"), 1)
+    larger = sample.sample_volumes(
+        model, 1, seed=0, scale=(1.5, 1, 1), progress=False, precision="float32"
+    )
+    zero = sample.sample_volumes(
+        model, 1, seed=0, scale=(1.5, 1, 1), progress=False, precision="float32", start_scale=0
+    )
+    np.testing.assert_array_equal(larger, zero)
+
+
+def test_config_rejects_bad_start_scales():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profile"] = "smoke"
+    raw["train"]["sample_start_scale"] = -1
+    with pytest.raises(ValueError, match=r"sample_start_scale must be >= 0"):
+        resolve_config(raw, setting="3d-B")
+    raw["train"]["sample_start_scale"] = 2  # smoke has 2 scales
+    with pytest.raises(ValueError, match=r"must be below the number of scales \(2"):
+        resolve_config(raw, setting="3d-B")
+    raw["train"]["sample_start_scale"] = 1
+    assert resolve_config(raw, setting="3d-B").train.sample_start_scale == 1
+    raw["settings"]["2d-B"] = {"terms": ["adversarial", "reconstruction", "projection"]}
+    with pytest.raises(ValueError, match=r"must be 0 for the 2D settings \(2d-B\)"):
+        resolve_config(raw, setting="2d-B")
+
+
+def test_the_repository_params_resolve_for_every_setting_and_profile():
+    for profile in ("smoke", "cpu", "paper"):
+        for setting in ("3d-A", "3d-B", "3d-C", "3d-D", "2d-A", "2d-B", "2d-C", "2d-D"):
+            cfg = load_config(REPO / "params.yaml", setting=setting, profile=profile)
+            if cfg.model == "2d" or profile == "paper":
+                assert cfg.train.sample_start_scale == 0  # the seed's procedure
+
+
+def test_checkpoint_holds_the_training_pyramid(tmp_path):
+    cfg = tiny_config("3d-B", iterations_per_scale=1, sample_start_scale=1)
+    run(cfg, tmp_path)
+    model = load_trained(tmp_path)
+    pyramid = synthetic_pyramid([tuple(s) for s in model.scale_shapes])
+    assert model.real_volumes is not None
+    for saved, real in zip(model.real_volumes, pyramid.volumes, strict=True):
+        np.testing.assert_array_equal(saved, real)
+    samples = sample.sample_volumes(model, 2, seed=0, progress=False, precision="float32")
+    assert samples.shape == (2, *model.scale_shapes[-1])
+    assert np.isfinite(samples).all()
