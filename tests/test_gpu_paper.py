@@ -182,3 +182,24 @@ def test_the_profiles_precision_comes_first_and_the_reference_last(gpu_paper: Mo
     assert gpu_paper.timing_modes("float32", []) == ["float32", "reference"]
     keys = gpu_paper.peak_keys(gpu_paper.torch.device("cpu"))
     assert keys == {"bf16": "bf16", "float32": "float32", "reference": "float64"}
+
+
+def test_the_training_and_evaluation_modules_import_without_simpleitk(tmp_path: Path) -> None:
+    code = (
+        "import ctgan.train, ctgan.evaluate, ctgan.segmenter, ctgan.preprocess, ctgan.sample; "
+        "import bench_train, gpu_paper"
+    )
+    env = blocking_env(tmp_path)
+    env["PYTHONPATH"] += f"{os.pathsep}{ROOT / 'benchmarks'}"
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    probe = subprocess.run(
+        [sys.executable, "-c", "from ctgan.luna16 import read_scan; read_scan('x.mhd')"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert "import of SimpleITK halted" in probe.stderr  # only reading a scan needs it
