@@ -114,9 +114,12 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def step(out: Path, name: str, record: dict[str, Any], device: torch.device) -> Iterator[None]:
-    """Run one step: its log in ``<out>/<name>.log``; ``record`` gets wall time, peak memory and
-    status and is written to ``<out>/<name>.json``. An exception is recorded, not raised."""
+def step(
+    out: Path, name: str, record: dict[str, Any], device: torch.device, about: dict[str, Any]
+) -> Iterator[None]:
+    """Run one step: its log in ``<out>/<name>.log``; ``record`` gets wall time, peak memory,
+    status and ``about`` (device description, torch version) and is written to
+    ``<out>/<name>.json``. An exception is recorded, not raised."""
     handler = logging.FileHandler(out / f"{name}.log", mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -135,6 +138,7 @@ def step(out: Path, name: str, record: dict[str, Any], device: torch.device) -> 
     finally:
         record["wall_s"] = time.perf_counter() - start
         record.update(peak_memory(device))
+        record.update(about)
         write_json(out / f"{name}.json", record)
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -402,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": {},
     }
     steps: dict[str, dict[str, Any]] = summary["steps"]
+    about = {"device": summary["device"], "torch": summary["torch"]}
 
     def run(name: str) -> dict[str, Any]:
         steps[name] = {}
@@ -413,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     projected: dict[str, list[float]] = {}
     if not args.skip_timing:
         record = run("timing")
-        with step(out, "timing", record, device):
+        with step(out, "timing", record, device, about):
             default = load_config(PARAMS, profile=args.profile).train.precision
             record.update(
                 time_iterations(
@@ -433,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 
     segmenter = None
     record = run("segmenter")
-    with step(out, "segmenter", record, device):
+    with step(out, "segmenter", record, device, about):
         cfg = with_device(load_config(PARAMS, setting="3d-D", profile=args.profile))
         if args.segmenter is not None:
             segmenter = load_segmenter(args.segmenter, device)
@@ -456,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = with_device(load_config(PARAMS, setting=setting, profile=args.profile))
         model_dir = out / setting
         record = run(f"train_{setting}")
-        with step(out, f"train_{setting}", record, device):
+        with step(out, f"train_{setting}", record, device, about):
             train_deadline = None if deadline is None else deadline - args.eval_reserve_s
             train_with_budget(
                 cfg, pyramid, segmenter, model_dir, train_deadline, projected.get(setting), record
@@ -465,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         if record["status"] != "ok" or completed == 0:
             break
         record = run(f"evaluate_{setting}")
-        with step(out, f"evaluate_{setting}", record, device):
+        with step(out, f"evaluate_{setting}", record, device, about):
             samples = args.num_samples or cfg.evaluate.num_samples
             evaluate(model_dir, pyramid, segmenter, completed, samples, device, record)
 

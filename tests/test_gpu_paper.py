@@ -92,6 +92,7 @@ def test_the_script_runs_end_to_end_without_simpleitk(
         assert record["status"] == "ok", (name, record.get("error"))
         assert record["wall_s"] > 0 and record["peak_memory_bytes"] > 0
         assert "resident" in record["peak_memory_kind"]  # the CPU's measure, said so
+        assert record["device"]["device"] == "cpu" and record["torch"] == record["device"]["torch"]
         assert (out / f"{name}.log").stat().st_size > 0
     assert summary["device"]["device"] == "cpu" and summary["torch"] == summary["device"]["torch"]
 
