@@ -66,9 +66,9 @@ def machine() -> dict[str, object]:
     }
 
 
-def with_mode(cfg: Config, mode: str) -> Config:
+def with_mode(cfg: Config, mode: str, device: str = "cpu") -> Config:
     return dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, precision=mode, device="cpu")
+        cfg, train=dataclasses.replace(cfg.train, precision=mode, device=device)
     )
 
 
@@ -83,9 +83,17 @@ def build(cfg: Config, scale: int) -> ScaleTrainer:
     return scale_trainer_at(cfg, volumes, scale, seed=0, segmenter=segmenter)
 
 
-def timed(trainer: ScaleTrainer, i: int) -> float:
+def synchronize(device: str) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously; nothing on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(trainer: ScaleTrainer, i: int, device: str = "cpu") -> float:
+    synchronize(device)
     start = time.perf_counter()
     trainer.iteration(i)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -97,24 +105,38 @@ def run_case(
     rounds: int,
     reference_rounds: int,
     peaks: dict[str, float],
+    device: str = "cpu",
+    peak_key: dict[str, str] = PEAK_KEY,
 ) -> dict[str, object]:
+    """Time ``modes`` at one scale. On CUDA every mode gets one untimed iteration first (cuDNN
+    autotuning, as ``train_model`` enables it) and each mode's peak allocated memory is recorded;
+    ``peak_key`` maps a mode to its key in ``peaks``."""
+    cuda = torch.device(device).type == "cuda"
     base = load_config(ROOT / "params.yaml", setting=setting, profile=profile)
     shape = scale_shapes(base.pyramid)[scale]
-    trainers = {mode: build(with_mode(base, mode), scale) for mode in modes}
+    trainers = {mode: build(with_mode(base, mode, device), scale) for mode in modes}
     with FlopCounterMode(display=False) as counter:
         trainers[modes[0]].iteration(0)
     flops = float(counter.get_total_flops())
+    if cuda:
+        for mode in modes[1:]:
+            trainers[mode].iteration(0)
     times: dict[str, list[float]] = {mode: [] for mode in modes}
+    peak_bytes: dict[str, int] = {mode: 0 for mode in modes}
     loads = []
     for r in range(rounds):
         for mode in modes:
             if mode == "reference" and r >= reference_rounds:
                 continue
-            kept = mode != "reference"  # as train_model: the oneDNN precisions only
+            kept = mode != "reference" and not cuda  # as train_model: oneDNN precisions only
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             with freed_memory_kept(kept):
                 if kept:
                     trainers[mode].iteration(r + 1)  # untimed: the kept heap warms up
-                times[mode].append(timed(trainers[mode], r + 1))
+                times[mode].append(timed(trainers[mode], r + 1, device))
+            if cuda:
+                peak_bytes[mode] = max(peak_bytes[mode], torch.cuda.max_memory_allocated())
             loads.append(os.getloadavg()[0])
     result: dict[str, object] = {
         "profile": profile,
@@ -138,8 +160,10 @@ def run_case(
             "times_s": [round(t, 4) for t in times[mode]],
             "median_s_per_iteration": median,
             "gflops_achieved": achieved,
-            "share_of_measured_peak": achieved / peaks[PEAK_KEY[mode]],
+            "share_of_measured_peak": achieved / peaks[peak_key[mode]],
         }
+        if cuda:
+            result["modes"][mode]["peak_memory_allocated_bytes"] = peak_bytes[mode]  # type: ignore[index]
     if "reference" in modes and len(modes) > 1:
         result["ratio_reference_over_default"] = (
             result["modes"]["reference"]["median_s_per_iteration"]  # type: ignore[index]

@@ -41,23 +41,42 @@ def machine_info() -> dict[str, object]:
     }
 
 
-def measured_peak_gflops(size: int = 4096, repeats: int = 5) -> dict[str, float]:
+def measured_peak_gflops(
+    size: int = 4096, repeats: int = 5, device: str | torch.device = "cpu"
+) -> dict[str, float]:
     """GFLOP/s of a ``size`` x ``size`` matrix product per precision (best of ``repeats`` after a
-    warm-up), with torch's current thread count: the practical peak the convolutions compare with.
-    Keys: bf16, float32, float64 (the ``reference`` numerics)."""
+    warm-up), with torch's current thread count on the CPU or on ``device`` (CUDA: timed between
+    synchronisations): the practical peak the convolutions compare with.
+    Keys: bf16, float32, float64 (the ``reference`` numerics); on CUDA also tf32 (float32 inputs
+    with ``torch.set_float32_matmul_precision("high")``, what cuDNN's float32 convolutions use
+    while ``torch.backends.cudnn.allow_tf32`` is on; "float32" is then full float32)."""
+    device = torch.device(device)
+    cases = [("bf16", torch.bfloat16, None), ("float32", torch.float32, "highest")]
+    if device.type == "cuda":
+        cases.append(("tf32", torch.float32, "high"))
+    cases.append(("float64", torch.float64, None))
+    saved = torch.get_float32_matmul_precision()
     result = {}
-    for name, dtype in (
-        ("bf16", torch.bfloat16),
-        ("float32", torch.float32),
-        ("float64", torch.float64),
-    ):
-        a = torch.randn(size, size).to(dtype)
-        b = torch.randn(size, size).to(dtype)
-        a @ b
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
+    try:
+        for name, dtype, matmul_precision in cases:
+            if matmul_precision is not None:
+                torch.set_float32_matmul_precision(matmul_precision)
+            a = torch.randn(size, size).to(device=device, dtype=dtype)
+            b = torch.randn(size, size).to(device=device, dtype=dtype)
             a @ b
-            best = min(best, time.perf_counter() - start)
-        result[name] = round(2 * size**3 / best / 1e9, 1)
+            best = float("inf")
+            for _ in range(repeats):
+                _synchronize(device)
+                start = time.perf_counter()
+                a @ b
+                _synchronize(device)
+                best = min(best, time.perf_counter() - start)
+            result[name] = round(2 * size**3 / best / 1e9, 1)
+    finally:
+        torch.set_float32_matmul_precision(saved)
     return result
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from ctgan.intensity import hu_to_network, network_to_hu_int16
 from ctgan.io import atomic_write
@@ -89,6 +88,8 @@ def export_volume(
             f"volume must be 3D (D, H, W); got {volume.ndim}D with shape {volume.shape}"
         )
     _check_geometry(spacing_zyx_mm, origin_xyz_mm, direction)
+    import SimpleITK as sitk  # here, not at the top: sampling and evaluation run without it
+
     image = sitk.GetImageFromArray(network_to_hu_int16(volume))  # (z, y, x) -> image (x, y, z)
     image.SetSpacing(tuple(float(v) for v in reversed(tuple(spacing_zyx_mm))))
     image.SetOrigin(tuple(float(v) for v in origin_xyz_mm))
@@ -132,6 +133,8 @@ def read_injection_volume(path: str | Path, model: TrainedModel | None = None) -
             f"injection file {path.name} has no geometry (spacing, origin, direction): expected "
             f"one of {', '.join(GEOMETRY_SUFFIXES)}; got {suffix}"
         )
+    import SimpleITK as sitk  # here, not at the top: sampling and evaluation run without it
+
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:

@@ -20,11 +20,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # imported where files are read, so that a machine without SimpleITK
+    import SimpleITK as sitk  # can still import ctgan.preprocess (load_pyramid) and the rest
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,8 @@ def _check_readable(path: Path) -> None:
 
 def read_image(path: str | Path) -> sitk.Image:
     """Read an image with SimpleITK, turning its errors into a ValueError naming the file."""
+    import SimpleITK as sitk
+
     path = Path(path)
     _check_readable(path)
     try:
@@ -164,6 +168,8 @@ def _compressed_mismatch(fields: dict[str, str], voxel_file: Path) -> str:
 
 def read_image_information(path: str | Path) -> sitk.ImageFileReader:
     """The header of an image (size, spacing, origin, direction) without reading its voxels."""
+    import SimpleITK as sitk
+
     path = Path(path)
     _check_readable(path)
     reader = sitk.ImageFileReader()
@@ -176,6 +182,8 @@ def read_image_information(path: str | Path) -> sitk.ImageFileReader:
 
 
 def scan_from_image(image: sitk.Image, path: Path) -> Scan:
+    import SimpleITK as sitk
+
     array = sitk.GetArrayFromImage(image)  # (z, y, x)
     return Scan(
         array=array,

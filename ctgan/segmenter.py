@@ -42,18 +42,20 @@ import pickle
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from scipy import ndimage
 from torch import nn
 
 from ctgan.config import SegmenterConfig
 from ctgan.io import atomic_write
 from ctgan.nets import Conv3d, InstanceNorm3d, load_weights
+
+if TYPE_CHECKING:  # matplotlib only for prediction_figure: training runs without it
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -386,6 +388,8 @@ def prediction_figure(
     nodule_depths = np.flatnonzero(nodules.reshape(depth, -1).max(axis=1) >= 0.5)
     if len(nodule_depths):
         slices[-1] = int(nodule_depths[len(nodule_depths) // 2])
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(7, 3.2 * len(slices)), layout="constrained")
     axes = figure.subplots(len(slices), 2, squeeze=False)
     for row, z in enumerate(slices):
