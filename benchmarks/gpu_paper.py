@@ -17,7 +17,7 @@ benchmarks/results/gpu_paper/):
   iteration per scale, the ratio reference / default at every scale, the share of the measured
   peak, the projected time of the whole schedule per precision;
 - ``segmenter``: the frozen segmenter of the segmentation term: ``--segmenter PATH``
-  (``ctgan.segmenter.load_segmenter``), else trained here with ``ctgan.segmenter.train_segmenter``
+  (``ctgan.segmenter.load_segmenter``), else trained here with ``ctgan.segmenter_train.train_segmenter``
   and the profile's segmenter settings on the pyramid's finest scale (a middle slab of its slices
   held out for validation; the pipeline's segmenter stage trains on the full-resolution scans
   instead, which a machine without SimpleITK cannot read), saved to ``<out>/segmenter/``;
@@ -62,7 +62,8 @@ from ctgan.config import Config, iterations_for_scale, load_config, scale_shapes
 from ctgan.evaluate import evaluate_model
 from ctgan.io import write_json
 from ctgan.preprocess import TrainingPyramid, load_pyramid
-from ctgan.segmenter import load_segmenter, read_segmenter_file, save_segmenter, train_segmenter
+from ctgan.segmenter import load_segmenter, read_segmenter_file, save_segmenter
+from ctgan.segmenter_train import train_segmenter
 from ctgan.train import read_checkpoint, resolve_device, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +256,7 @@ def segmenter_from_pyramid(
     metrics["validation"] = f"held-out slab z[{low}:{high}] of the pyramid's finest scale"
     path = save_segmenter(model, out / "segmenter" / "segmenter.pt", cfg.segmenter, metrics)
     record.update(
-        source="trained here (ctgan.segmenter.train_segmenter) on the pyramid's finest scale",
+        source="trained here (ctgan.segmenter_train.train_segmenter) on the pyramid's finest scale",
         path=str(path),
         metrics=metrics,
         final_loss=history[-1]["loss"],
