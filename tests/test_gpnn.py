@@ -214,3 +214,52 @@ def test_config_reads_the_gpnn_section_of_every_profile_and_rejects_bad_keys():
 def test_gpnn_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GpnnConfig(**kwargs)
+
+
+@pytest.mark.slow
+def test_notebook_writes_metrics_samples_and_figures(tmp_path, segmenter):
+    import papermill
+
+    from ctgan.metrics import FAMILIES
+    from ctgan.preprocess import TrainingPyramid, save_pyramid
+    from ctgan.segmenter import save_segmenter
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params))
+    config = load_config(params_path)
+    volumes = tiny_pyramid()
+    meta = {"scale_shapes": [list(s) for s in SHAPES], "scale_spacings_zyx_mm": SPACINGS}
+    masks = [(v < -0.5).astype(np.float32) for v in volumes]
+    zeros = [np.zeros_like(v) for v in volumes]
+    save_pyramid(TrainingPyramid(volumes, masks, zeros, SPACINGS, meta), tmp_path / "pre")
+    save_segmenter(segmenter, tmp_path / "segmenter.pt", config.segmenter)
+    metrics_path = tmp_path / "metrics" / "gpnn.json"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "03_gpnn.ipynb"),
+        str(tmp_path / "executed.ipynb"),
+        parameters={
+            "params_path": str(params_path),
+            "pyramid_dir": str(tmp_path / "pre"),
+            "segmenter_path": str(tmp_path / "segmenter.pt"),
+            "out_dir": str(tmp_path / "models" / "gpnn"),
+            "metrics_path": str(metrics_path),
+        },
+        kernel_name="python3",
+        cwd=str(REPO),
+    )
+    written = json.loads(metrics_path.read_text())
+    assert written["name"] == "gpnn" and written["num_samples"] == config.evaluate.num_samples
+    assert all(written[family] for family in FAMILIES)
+    assert written["timing"]["seconds_per_sample"] > 0
+    with np.load(tmp_path / "models" / "gpnn" / "samples.npz") as data:
+        assert data["samples"].shape == (config.evaluate.num_samples, *SHAPES[-1])
+    executed = json.loads((tmp_path / "executed.ipynb").read_text())
+    images = [
+        output
+        for cell in executed["cells"]
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
+    assert len(images) == 3  # real, samples, HU histograms
