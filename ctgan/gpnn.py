@@ -17,38 +17,29 @@ training: a sample is made coarse to fine over the GANs' own training pyramid
   scale, so that their blur matches the blur of the upsampled estimate; later steps use the real
   volume of the scale itself.
 
-The distance matrix (queries x keys) is computed in chunks of ``chunk_size`` queries, twice per
-step (once for the per-key minima, once for the scores), so that memory stays at
-``chunk_size x keys`` floats whatever the volume. Everything runs in float32 on the given device;
+Search. At the start scale the search is exact: the distance matrix (queries x keys) is computed
+in chunks of ``chunk_size`` queries, twice per step (once for the per-key minima, once for the
+scores), so that memory stays at ``chunk_size x keys`` floats whatever the volume. Its cost grows
+with the square of the voxel count (about 50 s per step at 10x63x63 on a 2-vCPU machine), so the
+finer scales search only a window (``search_radius``) around each patch's nearest-neighbour
+field carried up from the scale below, with the same normalised score over the keys each query
+considered; VGPNN uses PatchMatch there for the same reason. ``search_radius=None`` keeps the
+exact search everywhere. The sample's own scales are the pyramid's from ``start_scale`` on; this
+module's :func:`generate_gpnn` is the algorithm, ``ctgan.baseline`` its pipeline stage.
+
+Everything runs in float32 on the given device;
 the noise is drawn on the CPU from a generator seeded by (seed, sample index), so sample *i*
 depends only on the seed and *i*, on CPU and GPU alike.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from ctgan.config import GpnnConfig
-from ctgan.evaluate import FLAT_METRICS, check_finite, summarise_seeds
-from ctgan.io import atomic_write, ensure_writable_dir
-from ctgan.metrics import (
-    FAMILIES,
-    MEMORISATION_SSIM_THRESHOLD,
-    METRICS,
-    PSNR_CAP_DB,
-    MetricInputs,
-    SegmenterLike,
-    compute_metrics,
-)
 
 log = logging.getLogger(__name__)
 
@@ -335,118 +326,3 @@ def reconstruct_gpnn(pyramid_volumes: Sequence[np.ndarray | torch.Tensor], **kwa
     """The noise-free GPNN output ``(D, H, W)``: :func:`generate_gpnn` with ``noise_sd=0``."""
     kwargs.pop("noise_sd", None)
     return generate_gpnn(pyramid_volumes, 1, noise_sd=0.0, **kwargs)[0]
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU raises."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"gpnn.device must be auto, cpu or cuda; got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("gpnn.device is 'cuda' but no CUDA device is available; use auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def evaluate_gpnn(
-    pyramid: Any,
-    gpnn: GpnnConfig,
-    segmenter: SegmenterLike | None,
-    num_samples: int,
-    profile: str,
-    seed: int = 0,
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """The GPNN row of the report: K timed samples and the noise-free output, scored by every
-    registered metric against the finest training volume, exactly as ``ctgan.evaluate`` scores a
-    GAN (the noise-free output stands in for the reconstruction).
-
-    Returns ``(result, samples (K, D, H, W), noise_free (D, H, W))``; ``result`` has the layout
-    of ``ctgan.evaluate.evaluate_model`` (name/model "gpnn", setting "-", one seed) plus
-    ``timing`` (seconds per sample, device, threads).
-    """
-    device = resolve_device(gpnn.device)
-    options = {
-        "patch_size": gpnn.patch_size,
-        "iterations": gpnn.iterations,
-        "finest_iterations": gpnn.finest_iterations,
-        "alpha": gpnn.alpha,
-        "start_scale": gpnn.start_scale,
-        "search_radius": None if gpnn.exact_search else gpnn.search_radius,
-        "chunk_size": gpnn.chunk_size,
-        "device": device,
-    }
-    started = time.perf_counter()
-    samples = generate_gpnn(
-        pyramid.volumes, num_samples, seed=seed, noise_sd=gpnn.noise_sd, **options
-    )
-    seconds = time.perf_counter() - started
-    noise_free = reconstruct_gpnn(pyramid.volumes, seed=seed, **options)
-    real = np.asarray(pyramid.volumes[-1], dtype=np.float32)
-    inputs = MetricInputs(
-        real=real,
-        reconstruction=noise_free,
-        samples=samples,
-        spacing_zyx_mm=tuple(float(v) for v in pyramid.spacings_zyx_mm[-1]),  # type: ignore[arg-type]
-        segmenter=segmenter,
-        device=str(device),
-    )
-    names = [n for n in METRICS if segmenter is not None or not n.startswith("frechet_")]
-    summary = summarise_seeds([compute_metrics(inputs, names)])
-    result: dict[str, Any] = {
-        "name": "gpnn",
-        "model": "gpnn",
-        "setting": "-",
-        "profile": profile,
-        "num_samples": num_samples,
-        "seeds": [0],
-        "sampling_seed": seed,
-        "scale_shape": list(real.shape),
-    }
-    result.update({m: summary["reconstruction"][m]["mean"] for m in FLAT_METRICS})
-    result.update({family: summary.get(family, {}) for family in FAMILIES})
-    result["notes"] = {
-        "scale": "reconstruction metrics on [0, 1] = (HU + 1000) / 2000 of the finest scale",
-        "reconstruction": "the noise-free GPNN output (noise_sd 0), not a trained reconstruction",
-        "psnr_cap_db": PSNR_CAP_DB,
-        "lung_method": "threshold" if segmenter is None else "segmenter",
-        "frechet_features": (
-            "not computed (no segmenter)"
-            if segmenter is None
-            else "frozen segmenter encoder (CT-specific; not comparable with Inception SIFID/FID)"
-        ),
-        "memorisation_ssim_threshold": MEMORISATION_SSIM_THRESHOLD,
-        "gpnn": dataclasses.asdict(gpnn),
-    }
-    result["timing"] = {
-        "seconds_per_sample": seconds / num_samples,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
-    check_finite(result)
-    return result, samples, noise_free
-
-
-def save_samples(
-    path: str | Path,
-    samples: np.ndarray,
-    noise_free: np.ndarray,
-    spacing_zyx_mm: Sequence[float],
-) -> Path:
-    """Write ``samples`` (K, D, H, W), ``noise_free`` (D, H, W) and ``spacing_zyx_mm`` as float32
-    arrays in one ``.npz`` (atomically, folders created), for later galleries."""
-    path = Path(path)
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim != 4 or samples.shape[1:] != np.shape(noise_free):
-        raise ValueError(
-            f"samples must be (K, D, H, W) and noise_free (D, H, W) of the same volume shape; "
-            f"got {samples.shape} and {np.shape(noise_free)}"
-        )
-    ensure_writable_dir(path.parent)
-    with atomic_write(path) as tmp:
-        np.savez(
-            tmp,
-            samples=samples,
-            noise_free=np.asarray(noise_free, dtype=np.float32),
-            spacing_zyx_mm=np.asarray(spacing_zyx_mm, dtype=np.float32),
-        )
-    return path

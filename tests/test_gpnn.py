@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from ctgan import gpnn
+from ctgan import baseline, gpnn
 from ctgan.config import GpnnConfig, load_config, resolve_config
 from ctgan.intensity import hu_to_network
 
@@ -145,13 +145,13 @@ def test_generate_rejects_bad_volumes():
 
 
 def test_resolve_device():
-    assert gpnn.resolve_device("cpu") == torch.device("cpu")
+    assert baseline.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="must be auto, cpu or cuda"):
-        gpnn.resolve_device("tpu")
+        baseline.resolve_device("tpu")
     if not torch.cuda.is_available():
-        assert gpnn.resolve_device("auto") == torch.device("cpu")
+        assert baseline.resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ValueError, match="no CUDA device"):
-            gpnn.resolve_device("cuda")
+            baseline.resolve_device("cuda")
 
 
 def test_evaluate_gpnn_has_the_evaluate_layout_and_timing(segmenter, tmp_path):
@@ -162,7 +162,7 @@ def test_evaluate_gpnn_has_the_evaluate_layout_and_timing(segmenter, tmp_path):
 
     pyramid = SimpleNamespace(volumes=tiny_pyramid(), spacings_zyx_mm=SPACINGS)
     config = GpnnConfig(patch_size=(3, 5, 5), iterations=1, finest_iterations=1, device="cpu")
-    result, samples, noise_free = gpnn.evaluate_gpnn(pyramid, config, segmenter, 2, "smoke")
+    result, samples, noise_free = baseline.evaluate_gpnn(pyramid, config, segmenter, 2, "smoke")
     assert (result["name"], result["model"], result["setting"]) == ("gpnn", "gpnn", "-")
     assert result["num_samples"] == 2 and result["seeds"] == [0] and result["profile"] == "smoke"
     assert all(result[family] for family in FAMILIES)
@@ -176,13 +176,15 @@ def test_evaluate_gpnn_has_the_evaluate_layout_and_timing(segmenter, tmp_path):
 
 def test_save_samples_writes_float32_arrays(tmp_path):
     samples = np.zeros((2, *SHAPES[-1]), np.float64)
-    path = gpnn.save_samples(tmp_path / "gpnn" / "samples.npz", samples, samples[0], SPACINGS[-1])
+    path = baseline.save_samples(
+        tmp_path / "gpnn" / "samples.npz", samples, samples[0], SPACINGS[-1]
+    )
     with np.load(path) as data:
         assert data["samples"].dtype == np.float32 and data["samples"].shape == samples.shape
         assert data["noise_free"].shape == SHAPES[-1]
         np.testing.assert_allclose(data["spacing_zyx_mm"], SPACINGS[-1], rtol=1e-6)
     with pytest.raises(ValueError, match=r"samples must be \(K, D, H, W\)"):
-        gpnn.save_samples(tmp_path / "bad.npz", samples[0], samples[0], SPACINGS[-1])
+        baseline.save_samples(tmp_path / "bad.npz", samples[0], samples[0], SPACINGS[-1])
 
 
 def test_config_reads_the_gpnn_section_of_every_profile_and_rejects_bad_keys():
