@@ -180,6 +180,44 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class GpnnConfig:
+    """The training-free GPNN baseline (``ctgan.gpnn``; Granot et al., CVPR 2022)."""
+
+    patch_size: tuple[int, int, int] = (3, 7, 7)
+    iterations: int = 10
+    finest_iterations: int = 10
+    alpha: float = 0.005
+    noise_sd: float = 0.75
+    start_scale: int = 0
+    search_radius: tuple[int, int, int] = (1, 3, 3)
+    exact_search: bool = False
+    chunk_size: int = 4096
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if len(self.patch_size) != 3 or any(p < 1 for p in self.patch_size):
+            raise ValueError(
+                f"gpnn.patch_size must be [z, y, x] with each >= 1; got {list(self.patch_size)}"
+            )
+        if len(self.search_radius) != 3 or any(r < 0 for r in self.search_radius):
+            raise ValueError(
+                f"gpnn.search_radius must be [z, y, x] with each >= 0; got "
+                f"{list(self.search_radius)}"
+            )
+        for name in ("iterations", "finest_iterations", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"gpnn.{name} must be >= 1; got {getattr(self, name)}")
+        _positive("gpnn.alpha", self.alpha)
+        if self.noise_sd < 0:
+            raise ValueError(f"gpnn.noise_sd must be >= 0; got {self.noise_sd}")
+        if self.start_scale < 0:
+            raise ValueError(
+                f"gpnn.start_scale must be >= 0 (0 = coarsest); got {self.start_scale}"
+            )
+        _choice("gpnn.device", self.device, DEVICES)
+
+
+@dataclass(frozen=True)
 class LossWeights:
     """Weights of the non-adversarial terms and of the discriminator's penalty (GP or R1)."""
 
@@ -207,6 +245,7 @@ class Config:
     loss_weights: LossWeights
     setting: str | None = None
     terms: tuple[str, ...] = field(default_factory=tuple)
+    gpnn: GpnnConfig = field(default_factory=GpnnConfig)
 
     def __post_init__(self) -> None:
         _choice("profile", self.profile, PROFILES)
@@ -259,8 +298,9 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "segmenter": SegmenterConfig,
     "evaluate": EvaluateConfig,
+    "gpnn": GpnnConfig,
 }
-_PROFILE_SECTIONS = ("pyramid", "train", "segmenter", "evaluate")
+_PROFILE_SECTIONS = ("pyramid", "train", "segmenter", "evaluate", "gpnn")
 _TOP_KEYS = ("profile", "data", *_PROFILE_SECTIONS, "settings", "loss_weights", "profiles")
 
 

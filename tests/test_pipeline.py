@@ -71,6 +71,9 @@ def test_dvc_repro_runs_the_whole_smoke_pipeline(smoke_repo):
         metrics = json.loads((smoke_repo / "metrics" / f"{name}.json").read_text())
         for key in ("mse", "psnr", "ssim"):
             assert key in metrics["reconstruction"], (name, key)
+    baseline = json.loads((smoke_repo / "metrics" / "gpnn.json").read_text())
+    assert baseline["model"] == "gpnn" and baseline["timing"]["seconds_per_sample"] > 0
+    assert (smoke_repo / "models" / "gpnn" / "samples.npz").is_file()
     report = (smoke_repo / "reports" / "ablation.md").read_text()
     assert "22.639" in report and "41.967" in report  # the paper's numbers beside ours
     assert "| A |" in report and "| D |" in report
