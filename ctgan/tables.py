@@ -9,13 +9,14 @@ segmenter) shows as n/a.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ctgan import anatomy
-from ctgan.config import LOSS_TERMS, MODELS, SETTING_LETTERS
+from ctgan.config import LOSS_TERMS, MODELS, SETTING_LETTERS, TrainConfig
 from ctgan.io import read_json
 
 # The seed README's tables (all settings LSGAN). The first table is 3D, the second 2D
@@ -297,10 +298,17 @@ def criteria_text() -> str:
 
 
 def _switches(config: Mapping[str, Any]) -> list[str]:
-    extra = [f"`{key}: {config[key]}`" for key in config if key not in SEED_CONFIG_KEYS]
+    """Config keys outside the seed's procedure; a train key whose value is the seed's default
+    (``TrainConfig``'s, e.g. ``sample_start_scale: 0``) is the seed's procedure, not a switch."""
+    seed_defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    extra = [f"`{key}: {config[key]}`" for key in config if key not in SEED_CONFIG_KEYS | {"gpnn"}]
     train = config.get("train", {})
     if isinstance(train, Mapping):
-        extra += [f"`train.{k}: {v}`" for k, v in train.items() if k not in SEED_TRAIN_KEYS]
+        extra += [
+            f"`train.{k}: {v}`"
+            for k, v in train.items()
+            if k not in SEED_TRAIN_KEYS and seed_defaults.get(k, dataclasses.MISSING) != v
+        ]
     return extra
 
 

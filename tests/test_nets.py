@@ -22,6 +22,7 @@ from ctgan.nets import (
     make_norm,
     make_reconstruction_noise,
 )
+from ctgan.sample import native_bf16
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 MODELS = ("3d", "2d")
@@ -268,7 +269,9 @@ def test_conv3d_returns_channels_last_on_cpu_and_matches_torch(in_channels: int)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = conv(x)
-    assert low.dtype == torch.bfloat16 and low.is_contiguous(memory_format=CHANNELS_LAST)
+    assert low.dtype == torch.bfloat16
+    if native_bf16("cpu"):  # oneDNN keeps channels-last in bf16 only where the CPU computes bf16
+        assert low.is_contiguous(memory_format=CHANNELS_LAST)
     torch.testing.assert_close(low.double(), expected, atol=0.05, rtol=0.02)
     assert conv.double()(x.double()).is_contiguous()  # float64 (the reference): torch's own path
 
