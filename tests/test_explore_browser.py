@@ -1,9 +1,12 @@
 """notebooks/explore.ipynb in a real browser: JupyterLab from this environment on 127.0.0.1,
-headless Debian Chromium driven by Playwright, against models trained at the smoke profile.
+headless Debian Chromium driven by Playwright, against models trained at the smoke profile. The
+page may reach 127.0.0.1 only: every other request is aborted (and listed on failure).
 
 Runs all cells, moves the explorer's axial slider, takes screenshots (pytest's tmp dir, and
 ``$CTGAN_SCREENSHOT_DIR`` when set), asserts that the slice viewer's image is there and changes
-when the slider moves, and that the executed (saved) notebook holds no error output.
+when the slider moves, that both 3D views (k3d, and itkwidgets from the assets of
+``scripts/fetch-viewer-assets``) paint their canvas with the volume and change when dragged, and
+that the executed (saved) notebook holds no error output.
 ``$CTGAN_EXPLORE_PROJECT`` points it at other pipeline outputs than the smoke models it trains
 (a scratch folder: the executed notebook is saved into its notebooks/).
 """
@@ -11,6 +14,7 @@ when the slider moves, and that the executed (saved) notebook holds no error out
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import re
@@ -21,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +34,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from PIL import Image
+
+from ctgan import viewer_assets
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -53,6 +61,7 @@ LAB_SETTINGS = {
     },
 }
 PAGE_TIMEOUT_MS = int(os.environ.get("CTGAN_BROWSER_TIMEOUT_MS", "90000"))
+LOOPBACK = {"127.0.0.1", "localhost"}
 
 
 def _phantom_pyramid(cfg) -> SimpleNamespace:
@@ -147,6 +156,10 @@ def jupyterlab(explore_project: Path, tmp_path: Path) -> Iterator[str]:
         (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
         (settings / f"{plugin}.jupyterlab-settings").write_text(json.dumps(values))
     env["JUPYTERLAB_WORKSPACES_DIR"] = str(tmp_path / "lab-workspaces")
+    # The itkwidgets viewer's assets (scripts/fetch-viewer-assets), served by this server.
+    assets = viewer_assets.default_assets_dir()
+    if (assets / "manifest.json").is_file():
+        viewer_assets.install_server_config(assets, Path(env["JUPYTER_CONFIG_DIR"]))
     env["MPLBACKEND"] = "Agg"
     command = [
         sys.executable,
@@ -205,6 +218,46 @@ def _keep_screenshot(path: Path) -> None:
         shutil.copy(path, Path(target) / path.name)
 
 
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def painted_fraction(png: bytes) -> float:
+    """Share of the pixels that differ (by more than 24 in some channel) from the most common
+    colour (the background)."""
+    pixels = _pixels(png).reshape(-1, 3)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    background = colours[np.argmax(counts)]
+    return float((np.abs(pixels - background).max(axis=1) > 24).mean())
+
+
+def changed_fraction(before: bytes, after: bytes) -> float:
+    """Share of the pixels that changed (by more than 24 in some channel) between two shots."""
+    first, second = _pixels(before), _pixels(after)
+    assert first.shape == second.shape, (first.shape, second.shape)
+    return float((np.abs(first - second).max(axis=2) > 24).mean())
+
+
+def _shoot_painted(locator, path: Path, minimum: float, timeout_s: float) -> bytes:
+    """A screenshot of ``locator`` once at least ``minimum`` of it is painted (waits for it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        png = locator.screenshot(path=str(path))
+        if painted_fraction(png) >= minimum or time.monotonic() > deadline:
+            return png
+        time.sleep(2)
+
+
+def _drag(page, locator) -> None:
+    """A left-button drag across the middle of ``locator`` (rotates a 3D view)."""
+    box = locator.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 60, y)
+    page.mouse.down()
+    page.mouse.move(x + 60, y + 30, steps=12)
+    page.mouse.up()
+
+
 def _cell_prompts(page) -> list[str]:
     return page.eval_on_selector_all(
         ".jp-CodeCell .jp-InputArea-prompt", "nodes => nodes.map(n => n.textContent.trim())"
@@ -233,6 +286,16 @@ def test_explore_notebook_runs_and_slice_viewer_reacts_in_chromium(
                 "--disable-sync",
             ],
         )
+        aborted: list[str] = []
+
+        def only_loopback(route) -> None:
+            if urllib.parse.urlsplit(route.request.url).hostname in LOOPBACK:
+                route.continue_()
+            else:
+                aborted.append(route.request.url)
+                route.abort()
+
+        browser.route("**/*", only_loopback)
         try:
             page = browser.new_page()
             page.set_default_timeout(PAGE_TIMEOUT_MS)
@@ -288,9 +351,29 @@ def test_explore_notebook_runs_and_slice_viewer_reacts_in_chromium(
             status.filter(has_text="wrote").first.wait_for()
             explorer_output = page.locator(".jp-OutputArea-output", has=images.first).first
             explorer_output.screenshot(path=str(tmp_path / "explore.png"))
-            last_cell = page.locator(".jp-CodeCell").last
-            last_cell.scroll_into_view_if_needed()
-            last_cell.screenshot(path=str(tmp_path / "explore-3d-cell.png"))
+            # The k3d view (fifth code cell): painted, and a drag rotates it.
+            k3d_cell = page.locator(".jp-CodeCell").nth(4)
+            k3d_cell.scroll_into_view_if_needed()
+            k3d_canvas = k3d_cell.locator(".jp-OutputArea-output canvas").first
+            k3d_canvas.wait_for()
+            k3d_before = _shoot_painted(k3d_canvas, tmp_path / "explore-k3d.png", 0.05, 60)
+            _drag(page, k3d_canvas)
+            page.wait_for_timeout(1500)
+            k3d_after = k3d_canvas.screenshot(path=str(tmp_path / "explore-k3d-dragged.png"))
+            k3d_cell.screenshot(path=str(tmp_path / "explore-k3d-cell.png"))
+            # The itkwidgets view (last code cell): its viewer page in an iframe, served locally.
+            itk_cell = page.locator(".jp-CodeCell").nth(5)
+            itk_cell.scroll_into_view_if_needed()
+            itk_frame = itk_cell.locator("iframe").first
+            itk_frame.wait_for(timeout=4 * PAGE_TIMEOUT_MS)
+            itk_canvas = itk_cell.frame_locator("iframe").first.locator("canvas").first
+            itk_canvas.wait_for(timeout=4 * PAGE_TIMEOUT_MS)
+            page.wait_for_timeout(5000)
+            itk_before = _shoot_painted(itk_canvas, tmp_path / "explore-itk.png", 0.05, 180)
+            _drag(page, itk_canvas)
+            page.wait_for_timeout(3000)
+            itk_after = itk_canvas.screenshot(path=str(tmp_path / "explore-itk-dragged.png"))
+            itk_cell.screenshot(path=str(tmp_path / "explore-itk-cell.png"))
 
             page.keyboard.press("Control+s")
             page.wait_for_timeout(1500)
@@ -301,9 +384,19 @@ def test_explore_notebook_runs_and_slice_viewer_reacts_in_chromium(
         finally:
             browser.close()
     shots = ("explore-page.png", "explore-before.png", "explore-after.png", "explore.png")
-    for name in (*shots, "explore-3d-cell.png"):
+    views = ("explore-k3d", "explore-k3d-dragged", "explore-itk", "explore-itk-dragged")
+    for name in (*shots, *(f"{v}.png" for v in views), "explore-k3d-cell.png"):
         _keep_screenshot(tmp_path / name)
+    _keep_screenshot(tmp_path / "explore-itk-cell.png")
 
+    # Nothing reached beyond 127.0.0.1 (what was asked for and refused, for the record).
+    print("aborted non-loopback requests:", aborted)
+    assert not [u for u in aborted if "ctgan-viewer.invalid" in u], aborted
+    for name, before, after in (("k3d", k3d_before, k3d_after), ("itk", itk_before, itk_after)):
+        painted, changed = painted_fraction(before), changed_fraction(before, after)
+        print(f"{name}: painted {painted:.3f}, changed by the drag {changed:.3f}")
+        assert painted > 0.05, f"the {name} canvas is blank ({painted:.3f} painted)"
+        assert changed > 0.02, f"the {name} view did not change when dragged ({changed:.3f})"
     assert len(prompts) == 6, prompts
     assert before_png != after_png, "the slice viewer's image did not change with the slider"
     saved = json.loads((explore_project / "notebooks" / NOTEBOOK.name).read_text())
