@@ -11,10 +11,10 @@ a CDN. None of it is on the user's machine. :func:`install_viewer_assets` (run a
   loads; the viewer page's own CDN loads pointed at the local copies;
 - ``labextensions/imjoy-jupyterlab-extension/``: a copy of the installed extension whose loader
   takes these copies (:func:`patch_extension_loader`); the installed files are not touched;
-- ``jupyter_server_config.json``: serves ``static/`` at ``<base_url>/static/`` and puts the
-  copied extension ahead of the installed one; :func:`install_server_config` also writes it into
-  the environment's ``etc/jupyter/jupyter_server_config.d/`` so that a plain ``jupyter lab``
-  picks it up.
+- ``jupyter_server_config.json`` (:func:`server_config`): serves ``static/`` at
+  ``<base_url>/static/`` and puts the copied extension ahead of the installed one;
+  :func:`install_server_config` adds it to the environment's ``etc/jupyter/`` config so that a
+  plain ``jupyter lab`` started from the environment picks it up.
 
 At view time :func:`viewer_assets_problems` says what is missing or stale (a reinstalled extension
 of another version, say), and :data:`VIEWER_SRC` is the viewer page's address: a placeholder
@@ -328,12 +328,28 @@ def server_config(assets_dir: Path) -> dict:
 
 
 def install_server_config(assets_dir: Path, config_dir: Path = ENV_CONFIG_DIR) -> Path:
-    """Write :func:`server_config` to ``<config_dir>/jupyter_server_config.d/`` (default: this
-    environment's ``etc/jupyter``, read by every ``jupyter lab`` started from it)."""
-    path = Path(config_dir) / "jupyter_server_config.d" / f"{MARKER}.json"
+    """Add :func:`server_config` to ``<config_dir>/jupyter_server_config.json`` (default: this
+    environment's ``etc/jupyter``, read by every ``jupyter lab`` started from it), keeping the
+    file's other settings."""
+    path = Path(config_dir) / "jupyter_server_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    for section, values in server_config(assets_dir).items():
+        config.setdefault(section, {}).update(values)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(server_config(assets_dir), indent=2) + "\n")
+    path.write_text(json.dumps(config, indent=2) + "\n")
     return path
+
+
+def _serves(path: Path, assets_dir: Path) -> bool:
+    """Whether the Jupyter config file at ``path`` holds :func:`server_config`."""
+    if not path.is_file():
+        return False
+    config = json.loads(path.read_text())
+    return all(
+        config.get(section, {}).get(key) == value
+        for section, values in server_config(assets_dir).items()
+        for key, value in values.items()
+    )
 
 
 def install_viewer_assets(
@@ -402,14 +418,10 @@ def viewer_assets_problems(assets_dir: Path | None = None) -> list[str]:
             )
     from jupyter_core.paths import jupyter_config_path
 
-    configs = [
-        Path(d) / "jupyter_server_config.d" / f"{MARKER}.json" for d in jupyter_config_path()
-    ]
-    if not any(
-        c.is_file() and json.loads(c.read_text()) == server_config(assets_dir) for c in configs
-    ):
+    configs = [Path(d) / "jupyter_server_config.json" for d in jupyter_config_path()]
+    if not any(_serves(c, assets_dir) for c in configs):
         problems.append(
-            f"no Jupyter config serves {assets_dir} (looked for {configs[-1].name} in "
+            f"no Jupyter config serves {assets_dir} (looked for jupyter_server_config.json in "
             f"{', '.join(str(c.parent) for c in configs)})"
         )
     return problems

@@ -38,9 +38,9 @@ CT_TRANSFER_FUNCTION: tuple[tuple[float, float, tuple[float, float, float]], ...
     (-900.0, 0.0, (0.3, 0.15, 0.1)),
     (-700.0, 0.04, (0.75, 0.45, 0.4)),
     (-400.0, 0.02, (0.8, 0.5, 0.45)),
-    (-150.0, 0.10, (0.9, 0.75, 0.45)),
-    (40.0, 0.35, (0.8, 0.25, 0.2)),
-    (250.0, 0.7, (0.95, 0.85, 0.75)),
+    (-150.0, 0.05, (0.9, 0.75, 0.45)),
+    (40.0, 0.15, (0.8, 0.25, 0.2)),
+    (250.0, 0.6, (0.95, 0.85, 0.75)),
     (1000.0, 0.95, (1.0, 1.0, 1.0)),
 )
 HU_RANGE = (-1000.0, 1000.0)  # the training window: what the transfer function spans
@@ -269,4 +269,13 @@ def itk_view(
     itkwidgets.viewer.ITK_VIEWER_SRC = viewer_assets.VIEWER_SRC
     image = to_itk_image(hu, spacing_zyx_mm, origin_xyz_mm, direction)
     ui = {"uiMachineOptions": {"href": viewer_assets.UI_HREF, "export": "default"}}
-    return itkwidgets.view(image=image, ui=ui, ui_collapsed=False, cmap="Grayscale")
+    return itkwidgets.view(
+        image=image,
+        ui=ui,
+        ui_collapsed=True,  # the panel (transfer-function editor) opens from its menu button
+        cmap="Grayscale",
+        vmin=HU_RANGE[0],  # the training window: air clear and dark, bone opaque and bright
+        vmax=HU_RANGE[1],
+        bg_color=(0.0, 0.0, 0.0),
+        units="mm",
+    )

@@ -147,8 +147,14 @@ def test_problems_name_what_is_missing_and_clear_when_set_up(tmp_path, monkeypat
     assets = fake_assets(tmp_path / "assets")
     (problem,) = viewer_assets_problems(assets)
     assert problem.startswith(f"no Jupyter config serves {assets}")
+    (tmp_path / "config").mkdir()
+    kept = {"ServerApp": {"port": 9999}, "NotebookApp": {"x": 1}}
+    (tmp_path / "config" / "jupyter_server_config.json").write_text(json.dumps(kept))
     path = install_server_config(assets, tmp_path / "config")
-    assert json.loads(path.read_text()) == server_config(assets)
+    written = json.loads(path.read_text())
+    assert written["ServerApp"] == {"port": 9999, **server_config(assets)["ServerApp"]}
+    assert written["NotebookApp"] == {"x": 1}
+    assert written["LabApp"] == server_config(assets)["LabApp"]
     assert viewer_assets_problems(assets) == []
     package_json = assets / "labextensions" / EXTENSION / "package.json"
     package_json.write_text(json.dumps({"name": EXTENSION, "version": "0.0.1"}))

@@ -168,6 +168,7 @@ def test_itk_view_points_itkwidgets_at_the_served_assets(monkeypatch):
     assert itk_view(make_volume(), SPACING, origin_xyz_mm=(1.0, 2.0, 3.0)) == "viewer"
     assert fake_viewer.ITK_VIEWER_SRC == volume_view.viewer_assets.VIEWER_SRC
     assert calls["ui"]["uiMachineOptions"]["href"] == volume_view.viewer_assets.UI_HREF
+    assert (calls["vmin"], calls["vmax"]) == HU_RANGE
     image = calls["image"]
     assert list(image.spacing) == [0.75, 1.5, 4.0]
     np.testing.assert_allclose(image.data, to_hu(make_volume()))
