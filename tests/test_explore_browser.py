@@ -390,13 +390,16 @@ def test_explore_notebook_runs_and_slice_viewer_reacts_in_chromium(
             prompts = _cell_prompts(page)
             itk_frame = itk_cell.locator("iframe").first
             itk_frame.wait_for(timeout=4 * PAGE_TIMEOUT_MS)
-            itk_canvas = itk_cell.frame_locator("iframe").first.locator("canvas").first
-            itk_canvas.wait_for(timeout=4 * PAGE_TIMEOUT_MS)
+            # The viewer is up when its page holds a canvas; the iframe is the view (panel
+            # collapsed), so its screenshot is what the canvas shows.
+            itk_cell.frame_locator("iframe").first.locator("canvas").first.wait_for(
+                state="attached", timeout=4 * PAGE_TIMEOUT_MS
+            )
             page.wait_for_timeout(5000)
-            itk_before = _shoot_painted(itk_canvas, tmp_path / "explore-itk.png", 0.05, 180)
-            _drag(page, itk_canvas)
-            page.wait_for_timeout(3000)
-            itk_after = itk_canvas.screenshot(path=str(tmp_path / "explore-itk-dragged.png"))
+            itk_before = _shoot_painted(itk_frame, tmp_path / "explore-itk.png", 0.05, 240)
+            _drag(page, itk_frame)
+            page.wait_for_timeout(5000)
+            itk_after = itk_frame.screenshot(path=str(tmp_path / "explore-itk-dragged.png"))
             itk_cell.screenshot(path=str(tmp_path / "explore-itk-cell.png"))
 
             page.keyboard.press("Control+s")
@@ -404,8 +407,11 @@ def test_explore_notebook_runs_and_slice_viewer_reacts_in_chromium(
         except sync_api.Error:
             print("browser console (last 80):", *console[-80:], sep="\n  ")
             print("aborted non-loopback requests:", aborted)
-            page.screenshot(path=str(tmp_path / "explore-failure.png"), full_page=True)
-            _keep_screenshot(tmp_path / "explore-failure.png")
+            try:  # best effort: a page busy rendering may not give one
+                page.screenshot(path=str(tmp_path / "explore-failure.png"), timeout=30000)
+                _keep_screenshot(tmp_path / "explore-failure.png")
+            except sync_api.Error as error:
+                print("no failure screenshot:", error)
             raise
         finally:
             browser.close()
