@@ -242,7 +242,7 @@ def _shoot_painted(locator, path: Path, minimum: float, timeout_s: float) -> byt
     """A screenshot of ``locator`` once at least ``minimum`` of it is painted (waits for it)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        png = locator.screenshot(path=str(path))
+        png = locator.screenshot(path=str(path), timeout=timeout_s * 1000)
         if painted_fraction(png) >= minimum or time.monotonic() > deadline:
             return png
         time.sleep(2)
@@ -274,7 +274,8 @@ def test_explore_notebook_runs_and_slice_viewer_reacts_in_chromium(
             user_data_dir=str(profile),
             executable_path=str(CHROMIUM),
             headless=True,
-            viewport={"width": 1300, "height": 1700},
+            # (software WebGL renders every pixel of the 3D views on the CPU: not larger)
+            viewport={"width": 1100, "height": 1500},
             args=[
                 "--headless",
                 "--no-sandbox",
@@ -399,8 +400,12 @@ def test_explore_notebook_runs_and_slice_viewer_reacts_in_chromium(
             itk_before = _shoot_painted(itk_frame, tmp_path / "explore-itk.png", 0.05, 240)
             _drag(page, itk_frame)
             page.wait_for_timeout(5000)
-            itk_after = itk_frame.screenshot(path=str(tmp_path / "explore-itk-dragged.png"))
-            itk_cell.screenshot(path=str(tmp_path / "explore-itk-cell.png"))
+            itk_after = itk_frame.screenshot(
+                path=str(tmp_path / "explore-itk-dragged.png"), timeout=4 * PAGE_TIMEOUT_MS
+            )
+            itk_cell.screenshot(
+                path=str(tmp_path / "explore-itk-cell.png"), timeout=4 * PAGE_TIMEOUT_MS
+            )
 
             page.keyboard.press("Control+s")
             page.wait_for_timeout(3000)
