@@ -232,10 +232,11 @@ def painted_fraction(png: bytes) -> float:
 
 
 def changed_fraction(before: bytes, after: bytes) -> float:
-    """Share of the pixels that changed (by more than 24 in some channel) between two shots."""
+    """Share of the pixels that changed (by more than 8 in some channel) between two shots (a
+    volume rendering is dim: its pixels move by less than the 24 that tells painted from not)."""
     first, second = _pixels(before), _pixels(after)
     assert first.shape == second.shape, (first.shape, second.shape)
-    return float((np.abs(first - second).max(axis=2) > 24).mean())
+    return float((np.abs(first - second).max(axis=2) > 8).mean())
 
 
 def _shoot_painted(locator, path: Path, minimum: float, timeout_s: float) -> bytes:
@@ -434,9 +435,9 @@ def test_explore_notebook_runs_and_slice_viewer_reacts_in_chromium(
         painted, changed = painted_fraction(before), changed_fraction(before, after)
         print(f"{name}: painted {painted:.3f}, changed by the drag {changed:.3f}")
         assert painted > 0.05, f"the {name} canvas is blank ({painted:.3f} painted)"
-        # a rotation moves a good part of what is painted (measured with a 120 px drag: k3d
-        # 0.21 of it; itkwidgets 0.04, grey on grey with its panel open)
-        assert changed > 0.05 * painted, (
+        # a rotation moves a good part of what is painted (measured with this 300 px drag: k3d
+        # 0.067 changed of 0.091 painted, itkwidgets 0.071 of 0.101)
+        assert changed > 0.2 * painted, (
             f"the {name} view did not change when dragged ({changed:.3f} of the canvas changed, "
             f"{painted:.3f} painted)"
         )
