@@ -238,8 +238,12 @@ def itk_view(
     direction: Sequence[float] | None = None,
     intensity: str = "network",
     assets_dir: str | None = None,
+    ui_collapsed: bool = True,
 ) -> Any:
     """itkwidgets 3D view of the volume in HU with its spacing, its viewer served locally.
+
+    ``ui_collapsed=False`` opens the viewer's panel (transfer-function editor, colour map,
+    slicing planes) over the view; collapsed, the whole view is the rendering.
 
     The viewer's page and UI come from the assets that ``scripts/fetch-viewer-assets`` installed
     (:mod:`ctgan.viewer_assets`). When itkwidgets or those assets are missing, returns a message
@@ -273,7 +277,7 @@ def itk_view(
     return itkwidgets.view(
         image=image,
         ui=ui,
-        ui_collapsed=True,  # the panel (transfer-function editor) opens from its menu button
+        ui_collapsed=ui_collapsed,
         cmap="Grayscale",
         vmin=HU_RANGE[0],  # the training window: air clear and dark, bone opaque and bright
         vmax=HU_RANGE[1],

@@ -169,6 +169,9 @@ def test_itk_view_points_itkwidgets_at_the_served_assets(monkeypatch):
     assert fake_viewer.ITK_VIEWER_SRC == volume_view.viewer_assets.VIEWER_SRC
     assert calls["ui"]["uiMachineOptions"]["href"] == volume_view.viewer_assets.UI_HREF
     assert (calls["vmin"], calls["vmax"]) == HU_RANGE
+    assert calls["ui_collapsed"] is True
+    itk_view(make_volume(), SPACING, ui_collapsed=False)
+    assert calls["ui_collapsed"] is False
     image = calls["image"]
     assert list(image.spacing) == [0.75, 1.5, 4.0]
     np.testing.assert_allclose(image.data, to_hu(make_volume()))
