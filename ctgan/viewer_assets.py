@@ -55,7 +55,8 @@ MARKER = "ctgan-viewer-assets"  # in every patched file: tells a patched copy fr
 @dataclass(frozen=True)
 class NpmPackage:
     """A pinned npm package: where its files go, and which of them (``keep``: path prefixes
-    inside the tarball's ``package/``; ``drop``: prefixes left out of those)."""
+    inside the tarball's ``package/``; ``drop``: prefixes, or ``folder/*suffix``, left out of
+    those)."""
 
     name: str
     version: str
@@ -75,10 +76,15 @@ NPM_PACKAGES: tuple[NpmPackage, ...] = (
         "sha512-i1H0PfekLdCfL45lZ96aWCoh4thzxeexiGJ3NYC9euF1WefXW0P1JijBLIJfrDBvp5fhjncj/EEnIW1auBh+zw==",
         keep=("dist/",),
         # image-io / mesh-io read files dropped on the page (never, inside itkwidgets: the
-        # kernel sends the image); the CDN build and the service worker are other entry points.
+        # kernel sends the image); Compare is the viewer's compare mode; the pipelines' .js
+        # (UMD) loads the plain .wasm, so the .umd.wasm copies are never requested; the CDN
+        # build and the service worker are other entry points. (The browser test lists what
+        # the page loads.)
         drop=(
             "dist/itk/image-io/",
             "dist/itk/mesh-io/",
+            "dist/itk/pipeline/Compare",
+            "dist/itk/pipeline/*.umd.wasm",
             "dist/itkVtkViewerCDN",
             "dist/124.itkVtkViewerCDN",
             "dist/serviceWorker.js",
@@ -245,12 +251,20 @@ def fetch_tarball(package: NpmPackage, cache_dir: Path) -> bytes:
     return data
 
 
+def _matches(path: str, pattern: str) -> bool:
+    """``pattern`` is a path prefix, or ``folder/*suffix`` for the files of a folder by ending."""
+    if "/*" in pattern:
+        folder, suffix = pattern.split("/*", 1)
+        return path.startswith(folder + "/") and path.endswith(suffix)
+    return path.startswith(pattern)
+
+
 def _kept(package: NpmPackage, member: str) -> str | None:
     """The path under the package's folder for a tarball member, or None when left out."""
     inside = member.split("/", 1)[1] if "/" in member else ""
     if not any(inside.startswith(k) for k in package.keep):
         return None
-    if any(inside.startswith(d) for d in package.drop) or inside.endswith(".map"):
+    if any(_matches(inside, d) for d in package.drop) or inside.endswith(".map"):
         return None
     for prefix in sorted(package.keep, key=len, reverse=True):
         if prefix.endswith("/") and inside.startswith(prefix):

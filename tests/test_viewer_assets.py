@@ -66,12 +66,17 @@ def test_fetch_tarball_checks_the_integrity(tmp_path, monkeypatch):
 
 def test_extract_keeps_what_the_viewer_loads_and_drops_the_rest(tmp_path):
     package = NpmPackage(
-        "@scope/demo", "1.0.0", "", keep=("dist/", "lib/one.js"), drop=("dist/io/",)
+        "@scope/demo",
+        "1.0.0",
+        "",
+        keep=("dist/", "lib/one.js"),
+        drop=("dist/io/", "dist/itk/pipeline/*.umd.wasm"),
     )
     tarball = make_tarball(
         {
             "dist/index.html": b"<html>",
             "dist/itk/pipeline/x.wasm": b"wasm",
+            "dist/itk/pipeline/x.umd.wasm": b"the same wasm",
             "dist/io/huge.wasm": b"never loaded",
             "dist/index.js.map": b"map",
             "lib/one.js": b"one",
