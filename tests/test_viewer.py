@@ -1,6 +1,6 @@
-"""The viewers without a browser: rendering, windowing, aspect, the itk image, the fallback and the
+"""The slice viewer and the explorer without a browser: rendering, windowing, aspect and the
 explorer's wiring (on fake ctgan.train / ctgan.sample modules; the real ones run in the browser
-test)."""
+test). The 3D views are tested in test_volume_view.py."""
 
 from __future__ import annotations
 
@@ -13,23 +13,16 @@ import pytest
 import SimpleITK as sitk
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from ctgan import viewer
-from ctgan.viewer import (
+from ctgan.explorer import Explorer, compare_settings, find_models, resolve_project_path
+from ctgan.slice_viewer import (
     WINDOW_PRESETS,
-    Explorer,
     SliceViewer,
-    compare_settings,
     figure_to_png,
-    find_models,
-    itk_view,
-    itkwidgets_available,
     plane_aspects,
     plane_slices,
     render_slices,
-    resolve_project_path,
     slice_viewer,
     to_hu,
-    to_itk_image,
     window_to_display,
 )
 
@@ -179,60 +172,6 @@ def test_slice_viewer_accepts_hu_and_rejects_other_types():
     assert from_hu.image.value == from_network.image.value
     with pytest.raises(TypeError, match="volumes must be a dict of name"):
         slice_viewer([make_volume()], SPACING)
-
-
-# --- itkwidgets ----------------------------------------------------------------------------------
-
-
-def test_to_itk_image_keeps_spacing_origin_and_axis_order():
-    volume = make_volume((6, 10, 12))
-    direction = (1, 0, 0, 0, 0, 1, 0, -1, 0)
-    image = to_itk_image(volume, SPACING, origin_xyz_mm=(-10.0, 20.0, 30.0), direction=direction)
-    assert list(image.spacing) == [0.75, 1.5, 4.0]  # ITK order (x, y, z)
-    assert list(image.size) == [12, 10, 6]
-    assert list(image.origin) == [-10.0, 20.0, 30.0]
-    np.testing.assert_array_equal(image.direction, np.reshape(direction, (3, 3)))
-    np.testing.assert_array_equal(image.data, volume)  # data stays (z, y, x)
-    assert image.imageType.dimension == 3
-    # What itkwidgets does with it: the NGFF image it renders has the same physical axes.
-    from ngff_zarr import itk_image_to_ngff_image
-
-    ngff = itk_image_to_ngff_image(image)
-    assert tuple(ngff.dims) == ("z", "y", "x")
-    assert ngff.scale == {"z": 4.0, "y": 1.5, "x": 0.75}
-    assert ngff.translation == {"z": 30.0, "y": 20.0, "x": -10.0}
-
-
-def test_to_itk_image_rejects_bad_geometry():
-    with pytest.raises(ValueError, match="origin_xyz_mm must be three numbers"):
-        to_itk_image(make_volume(), SPACING, origin_xyz_mm=(0.0, 0.0))
-    with pytest.raises(ValueError, match="direction must be 9 numbers"):
-        to_itk_image(make_volume(), SPACING, direction=(1, 0, 0, 1))
-
-
-def test_itkwidgets_is_installed_here():
-    assert itkwidgets_available()
-
-
-def test_itk_view_falls_back_to_the_slice_viewer_without_itkwidgets(monkeypatch):
-    monkeypatch.setitem(sys.modules, "itkwidgets", None)  # import fails, find_spec gives None
-    assert not itkwidgets_available()
-    widget = itk_view(make_volume(), SPACING)
-    assert isinstance(widget, SliceViewer)
-    assert "itkwidgets is not installed" in widget.note.value
-    assert bytes(widget.image.value).startswith(b"\x89PNG")
-
-
-def test_itk_view_passes_the_image_in_hu_to_itkwidgets(monkeypatch):
-    calls = {}
-    fake = types.ModuleType("itkwidgets")
-    fake.view = lambda **kwargs: calls.update(kwargs) or "viewer"
-    monkeypatch.setitem(sys.modules, "itkwidgets", fake)
-    monkeypatch.setattr(viewer, "itkwidgets_available", lambda: True)
-    assert itk_view(make_volume(), SPACING, origin_xyz_mm=(1.0, 2.0, 3.0)) == "viewer"
-    image = calls["image"]
-    assert list(image.spacing) == [0.75, 1.5, 4.0]
-    np.testing.assert_allclose(image.data, to_hu(make_volume()))
 
 
 # --- explorer ------------------------------------------------------------------------------------
