@@ -20,18 +20,11 @@ import torch
 
 from ctgan.config import GpnnConfig
 from ctgan.evaluate import FLAT_METRICS, check_finite, summarise_seeds
+from ctgan.features import SegmenterLike
 from ctgan.gpnn import generate_gpnn, reconstruct_gpnn
 from ctgan.io import atomic_write, ensure_writable_dir
-from ctgan.metrics import (
-    FAMILIES,
-    MEMORISATION_SSIM_THRESHOLD,
-    METRICS,
-    PER_SAMPLE,
-    PSNR_CAP_DB,
-    MetricInputs,
-    SegmenterLike,
-    compute_metrics,
-)
+from ctgan.metrics import FAMILIES, METRICS, PER_SAMPLE, MetricInputs, compute_metrics
+from ctgan.similarity import MEMORISATION_SSIM_THRESHOLD, PSNR_CAP_DB
 
 
 def resolve_device(name: str) -> torch.device:
