@@ -97,6 +97,13 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--inject-from", metavar="FILE", help="3D scan in HU (.mhd/.mha/.nii.gz)")
     p.add_argument("--inject-scale", type=int, metavar="n", help="scale to inject at (1..S-1)")
+    p.add_argument(
+        "--start-scale",
+        type=int,
+        metavar="k",
+        help="scale random samples start at: 0 = pure noise, k > 0 = the real volume of scale "
+        "k-1 with fresh noise above (default: the model's train.sample_start_scale)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--overwrite",
@@ -131,6 +138,11 @@ def _run_sample(args: argparse.Namespace) -> int:
     if (args.inject_from is None) != (args.inject_scale is None):
         raise UsageError("--inject-from and --inject-scale go together; give both or neither")
     injecting = args.inject_from is not None
+    if injecting and args.start_scale is not None:
+        raise UsageError(
+            "--start-scale cannot be combined with --inject-from (injection starts at "
+            "--inject-scale from the given volume)"
+        )
     if injecting and tuple(args.scale) != (1.0, 1.0, 1.0):
         raise UsageError(
             "--scale cannot be combined with --inject-from (injection keeps the training size)"
@@ -141,6 +153,11 @@ def _run_sample(args: argparse.Namespace) -> int:
     shape = sampling.output_shape(model, args.scale)
     spacing = sampling.output_spacing_zyx_mm(model, args.scale)
     start_volume = None
+    if not injecting:
+        try:
+            sampling.resolve_start_scale(model, args.start_scale, args.scale)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
     if injecting:
         sampling.check_injection_scale(model, args.inject_scale)
         start_volume = sampling.read_injection_volume(args.inject_from, model)
@@ -168,7 +185,9 @@ def _run_sample(args: argparse.Namespace) -> int:
     if injecting:
         volumes = sampling.inject(model, start_volume, args.inject_scale, **common)
     else:
-        volumes = sampling.sample_volumes(model, scale=args.scale, **common)
+        volumes = sampling.sample_volumes(
+            model, scale=args.scale, start_scale=args.start_scale, **common
+        )
     for name, volume in zip(names, volumes, strict=True):
         path = Path(out_dir) / name
         sampling.export_model_volume(model, volume, path, args.scale)

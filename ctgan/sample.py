@@ -315,7 +315,7 @@ def resolve_start_scale(
             f"2D models sample from scale 0 only (no noise above the coarsest scale: every sample "
             f"starting at scale {start} would be the same volume); got start scale {start}"
         )
-    if model.real_volumes is None:
+    if getattr(model, "real_volumes", None) is None:
         raise ValueError(
             f"{model.model_dir} was trained before checkpoints held the training pyramid, so it "
             f"cannot start sampling at scale {start}; pass start_scale=0 (ctgan sample "

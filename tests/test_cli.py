@@ -211,6 +211,28 @@ def test_sample_injection_arguments_are_checked(capsys, fake_dir, tmp_path, no_w
     assert not out.exists()
 
 
+def test_sample_start_scale_is_checked(capsys, fake_dir, tmp_path, no_work):
+    volume = tmp_path / "scan.mha"
+    sitk.WriteImage(sitk.Image(30, 30, 7, sitk.sitkInt16), str(volume))
+    out = tmp_path / "o"
+    cases = [
+        (["--start-scale", "2"], r"start scale must be an integer between 0 and 1 .*got 2"),
+        (["--start-scale", "-1"], r"start scale must be an integer between 0 and 1"),
+        (
+            ["--start-scale", "1"],
+            r"trained before checkpoints held the training pyramid",
+        ),
+        (
+            ["--start-scale", "1", "--inject-from", volume, "--inject-scale", "1"],
+            "--start-scale cannot be combined with --inject-from",
+        ),
+    ]
+    for extra, match in cases:
+        code, _, err = run_cli(capsys, "sample", fake_dir, "--out", out, *extra)
+        assert_one_line_error(code, err, "sample", match)
+    assert not out.exists()
+
+
 def test_sample_injection_file_without_geometry_or_3d(capsys, fake_dir, tmp_path, no_work):
     np.save(tmp_path / "scan.npy", np.zeros((7, 30, 30), np.float32))
     sitk.WriteImage(sitk.Image(30, 30, sitk.sitkInt16), str(tmp_path / "slice.nii.gz"))
