@@ -264,4 +264,6 @@ def test_notebook_writes_metrics_samples_and_figures(tmp_path, segmenter):
         for output in cell.get("outputs", [])
         if "image/png" in output.get("data", {})
     ]
-    assert len(images) == 3  # real, samples, HU histograms
+    assert len(images) == 4  # real, samples, the report's gallery, HU histograms
+    assert (tmp_path / "models" / "gpnn" / "gallery.png").is_file()
+    assert written["gallery"].endswith("gallery.png")
