@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctgan.anatomy import compare_anatomy  # noqa: E402
 from ctgan.checkpoint import load_trained  # noqa: E402
-from ctgan.intensity import network_to_hu  # noqa: E402
+from ctgan.intensity import network_to_hu, network_to_paper  # noqa: E402
 from ctgan.preprocess import load_pyramid  # noqa: E402
 from ctgan.sample import reconstruct, sample_volumes  # noqa: E402
 from ctgan.similarity import diversity, memorisation  # noqa: E402
@@ -42,7 +42,8 @@ def score(model, real: np.ndarray, k: int, start: int, noise_factor: float) -> d
     )
     seconds = (time.perf_counter() - began) / k
     anatomy = compare_anatomy(network_to_hu(samples), network_to_hu(real)).summary()
-    copies = memorisation(samples, real, reconstruct(model, precision="float32"))
+    rec = reconstruct(model, precision="float32")
+    copies = memorisation(network_to_paper(samples), network_to_paper(real), network_to_paper(rec))
     return {
         "start_scale": start,
         "noise_factor": noise_factor,
@@ -52,7 +53,7 @@ def score(model, real: np.ndarray, k: int, start: int, noise_factor: float) -> d
         "lungs_both_sides": anatomy["lungs_both_sides"] * k,
         "tissue_l1": anatomy["tissue_l1"],
         "body_hu_wasserstein": anatomy["body_hu_wasserstein"],
-        "diversity": diversity(samples),
+        "diversity": diversity(network_to_paper(samples)),
         "max_ssim_to_training": copies["max_ssim_to_training"],
         "seconds_per_sample": seconds,
     }
