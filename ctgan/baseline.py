@@ -19,12 +19,11 @@ import numpy as np
 import torch
 
 from ctgan.config import GpnnConfig
-from ctgan.evaluate import FLAT_METRICS, check_finite, summarise_seeds
+from ctgan.evaluate import check_finite, result_from_summary, summarise_seeds
 from ctgan.features import SegmenterLike
 from ctgan.gpnn import generate_gpnn, reconstruct_gpnn
 from ctgan.io import atomic_write, ensure_writable_dir
-from ctgan.metrics import FAMILIES, METRICS, PER_SAMPLE, MetricInputs, compute_metrics
-from ctgan.similarity import MEMORISATION_SSIM_THRESHOLD, PSNR_CAP_DB
+from ctgan.metrics import METRICS, MetricInputs, compute_metrics
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,22 +91,15 @@ def evaluate_gpnn(
         "sampling_seed": seed,
         "scale_shape": list(real.shape),
     }
-    result.update({m: summary["reconstruction"][m]["mean"] for m in FLAT_METRICS})
-    result.update({family: summary.get(family, {}) for family in FAMILIES})
-    result[PER_SAMPLE] = summary.get(PER_SAMPLE, {})
-    result["notes"] = {
-        "scale": "reconstruction metrics on [0, 1] = (HU + 1000) / 2000 of the finest scale",
-        "reconstruction": "the noise-free GPNN output (noise_sd 0), not a trained reconstruction",
-        "psnr_cap_db": PSNR_CAP_DB,
-        "lung_method": "threshold" if segmenter is None else "segmenter",
-        "frechet_features": (
-            "not computed (no segmenter)"
-            if segmenter is None
-            else "frozen segmenter encoder (CT-specific; not comparable with Inception SIFID/FID)"
-        ),
-        "memorisation_ssim_threshold": MEMORISATION_SSIM_THRESHOLD,
-        "gpnn": dataclasses.asdict(gpnn),
-    }
+    result = result_from_summary(
+        result,
+        summary,
+        segmenter,
+        notes={
+            "reconstruction": "the noise-free GPNN output (noise_sd 0), not a trained reconstruction",
+            "gpnn": dataclasses.asdict(gpnn),
+        },
+    )
     result["timing"] = {
         "seconds_per_sample": seconds / num_samples,
         "device": str(device),

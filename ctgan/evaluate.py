@@ -154,6 +154,37 @@ def summarise_seeds(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, di
     return summary
 
 
+def result_from_summary(
+    header: dict[str, Any],
+    summary: dict[str, dict[str, Any]],
+    segmenter: SegmenterLike | None,
+    before_notes: dict[str, Any] | None = None,
+    notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The metrics file's layout (module docstring): ``header`` (name, model, setting, ...), the
+    flat paper metrics, every family, the per-sample values, ``before_notes`` and the notes on how
+    it was computed (``notes`` added to the common ones). Shared by the GANs and the GPNN stage."""
+    result = dict(header)
+    result.update({m: summary["reconstruction"][m]["mean"] for m in FLAT_METRICS})
+    result.update({family: summary.get(family, {}) for family in FAMILIES})
+    result[PER_SAMPLE] = summary.get(PER_SAMPLE, {})
+    result.update(before_notes or {})
+    result["notes"] = {
+        "scale": "reconstruction metrics on [0, 1] = (HU + 1000) / 2000 of the finest scale",
+        **(notes or {}),
+        "psnr_cap_db": PSNR_CAP_DB,
+        "lung_method": "threshold" if segmenter is None else "segmenter",
+        "frechet_features": (
+            "not computed (no segmenter)"
+            if segmenter is None
+            else "frozen segmenter encoder (CT-specific; not comparable with Inception SIFID/FID)"
+        ),
+        "memorisation_ssim_threshold": MEMORISATION_SSIM_THRESHOLD,
+        "chest_like_criteria": chest_like_criteria(),
+    }
+    return result
+
+
 def evaluate_model(
     model_dir: str | Path,
     pyramid: PyramidLike,
@@ -195,22 +226,9 @@ def evaluate_model(
         "sampling_seed": seed,
         "scale_shape": list(real.shape),
     }
-    result.update({m: summary["reconstruction"][m]["mean"] for m in FLAT_METRICS})
-    result.update({family: summary.get(family, {}) for family in FAMILIES})
-    result[PER_SAMPLE] = summary.get(PER_SAMPLE, {})
-    result["config"] = training_procedure(config)
-    result["notes"] = {
-        "scale": "reconstruction metrics on [0, 1] = (HU + 1000) / 2000 of the finest scale",
-        "psnr_cap_db": PSNR_CAP_DB,
-        "lung_method": "threshold" if segmenter is None else "segmenter",
-        "frechet_features": (
-            "not computed (no segmenter)"
-            if segmenter is None
-            else "frozen segmenter encoder (CT-specific; not comparable with Inception SIFID/FID)"
-        ),
-        "memorisation_ssim_threshold": MEMORISATION_SSIM_THRESHOLD,
-        "chest_like_criteria": chest_like_criteria(),
-    }
+    result = result_from_summary(
+        result, summary, segmenter, before_notes={"config": training_procedure(config)}
+    )
     check_finite(result)
     return result
 
