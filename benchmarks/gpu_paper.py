@@ -63,6 +63,7 @@ from ctgan.evaluate import evaluate_model
 from ctgan.io import write_json
 from ctgan.preprocess import TrainingPyramid, load_pyramid
 from ctgan.segmenter import load_segmenter, read_segmenter_file, save_segmenter
+from ctgan.segmenter_data import held_out_slab
 from ctgan.segmenter_train import train_segmenter
 from ctgan.train import read_checkpoint, resolve_device, train_model
 
@@ -232,9 +233,7 @@ def segmenter_from_pyramid(
     slab train, the slab validates (as ``load_segmenter_data`` splits a single scan)."""
     volume, lungs, nodules = pyramid.volumes[-1], pyramid.lungs[-1], pyramid.nodules[-1]
     depth = volume.shape[0]
-    slab = max(1, round(depth * HELD_OUT_SLAB))
-    low = (depth - slab) // 2
-    high = low + slab
+    low, high = held_out_slab(depth, HELD_OUT_SLAB)
     if low < 1:
         raise ValueError(
             f"the pyramid's finest scale has {depth} slices: too few to hold out a slab of "

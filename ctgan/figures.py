@@ -219,6 +219,21 @@ def comparison_grid_figure(
     return figure
 
 
+def _draw_plane_rows(
+    axes: Any, volumes: Sequence[np.ndarray], aspects: Sequence[float], vmin: float, vmax: float
+) -> None:
+    """One row of ``axes`` per volume: its axial, coronal and sagittal planes through the centre
+    (titled on the first row), grey in [vmin, vmax], with the physical aspect ratios."""
+    for row, volume in enumerate(volumes):
+        for column, plane in enumerate(_planes(volume, _centre(volume, None))):
+            axis = axes[row, column]
+            axis.imshow(plane, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspects[column])
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(("axial", "coronal", "sagittal")[column])
+
+
 def samples_grid_figure(
     samples_hu: np.ndarray,
     spacing_zyx_mm: Sequence[float] = (1.0, 1.0, 1.0),
@@ -239,14 +254,8 @@ def samples_grid_figure(
     shown = samples_hu[:count]
     aspects = _aspects(spacing_zyx_mm)
     figure, axes = _subplots(len(shown), 3, figsize=(9, 2.6 * len(shown)), squeeze=False)
-    for row, volume in enumerate(shown):
-        for column, plane in enumerate(_planes(volume, _centre(volume, None))):
-            axis = axes[row, column]
-            axis.imshow(plane, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspects[column])
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(("axial", "coronal", "sagittal")[column])
+    _draw_plane_rows(axes, list(shown), aspects, vmin, vmax)
+    for row in range(len(shown)):
         axes[row, 0].set_ylabel(f"sample {row}")
     figure.suptitle(title)
     return figure
@@ -443,14 +452,8 @@ def sample_gallery(
         for i, (volume, ok) in enumerate(zip(shown, chest_like, strict=True))
     ]
     figure, axes = _subplots(len(rows), 3, figsize=(10, 2.9 * len(rows)), squeeze=False)
-    for row, (label, volume, colour) in enumerate(rows):
-        for column, plane in enumerate(_planes(volume, _centre(volume, None))):
-            axis = axes[row, column]
-            axis.imshow(plane, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspects[column])
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(("axial", "coronal", "sagittal")[column])
+    _draw_plane_rows(axes, [volume for _, volume, _ in rows], aspects, vmin, vmax)
+    for row, (label, _, colour) in enumerate(rows):
         axes[row, 0].set_ylabel(label, color=colour, fontsize=10)
     chest_count = int(np.sum(np.asarray(chest_like, dtype=bool)))
     figure.suptitle(

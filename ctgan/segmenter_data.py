@@ -75,6 +75,14 @@ class SegmenterData:
         return rows
 
 
+def held_out_slab(depth: int, fraction: float) -> tuple[int, int]:
+    """``(low, high)``: the middle slab of ``fraction`` of ``depth`` slices (at least one) that a
+    single scan holds out for validation; ``low < 1`` leaves nothing to train on below it."""
+    slab = max(1, round(depth * fraction))
+    low = (depth - slab) // 2
+    return low, low + slab
+
+
 def load_segmenter_data(
     root: str | Path,
     training_shape: Sequence[int],
@@ -109,9 +117,7 @@ def load_segmenter_data(
         validation, train_uids, val_uids = "held-out scan", uids[:-1], uids[-1:]
     else:
         depth = scans[0][0].shape[0]
-        slab = max(1, round(depth * slab_fraction))
-        low = (depth - slab) // 2
-        high = low + slab
+        low, high = held_out_slab(depth, slab_fraction)
         if low < 1:
             raise ValueError(
                 f"the only scan {uids[0]} has {depth} slices: too few to hold out a slab of "
