@@ -31,7 +31,9 @@ from ctgan.sample import reconstruct, sample_volumes  # noqa: E402
 from ctgan.similarity import diversity, memorisation  # noqa: E402
 
 
-def score(model, real: np.ndarray, k: int, start: int, noise_factor: float) -> dict[str, float]:
+def score(
+    model, real: np.ndarray, rec: np.ndarray, k: int, start: int, noise_factor: float
+) -> dict[str, float]:
     """K samples from ``start`` with the amplitudes above it times ``noise_factor``, scored."""
     amplitudes = list(model.noise_amplitudes)
     scaled = [a * noise_factor if s >= max(start, 1) else a for s, a in enumerate(amplitudes)]
@@ -42,7 +44,6 @@ def score(model, real: np.ndarray, k: int, start: int, noise_factor: float) -> d
     )
     seconds = (time.perf_counter() - began) / k
     anatomy = compare_anatomy(network_to_hu(samples), network_to_hu(real)).summary()
-    rec = reconstruct(model, precision="float32")
     copies = memorisation(network_to_paper(samples), network_to_paper(real), network_to_paper(rec))
     return {
         "start_scale": start,
@@ -71,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for folder in args.models:
         model = load_trained(folder)
+        rec = reconstruct(model, precision="float32")  # the same for every row of this model
         if tuple(model.scale_shapes[-1]) != real.shape:
             raise SystemExit(f"{folder}: finest scale {model.scale_shapes[-1]} != {real.shape}")
         for start in range(len(model.scale_shapes)):
             for factor in args.noise_factors if start > 0 else [1.0]:
-                row = {"model": folder.name, **score(model, real, args.k, start, factor)}
+                row = {"model": folder.name, **score(model, real, rec, args.k, start, factor)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
