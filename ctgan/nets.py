@@ -98,16 +98,22 @@ def _conv3d(
     return F.conv3d(input, weight, bias, padding=tuple(padding))
 
 
-class _OneOutputConv(torch.autograd.Function):
-    """A stride-1 conv with one output channel whose backward runs as two wide forward convs.
+class _ConvByForwards(torch.autograd.Function):
+    """A stride-1 3D conv on CPU whose backward runs as forward convolutions.
 
-    oneDNN has no efficient kernel for the backward of a C -> 1 convolution: at the finest paper
-    scale (32 -> 1, bf16, 2 cores) it took 51 ms against 32 ms for the forward. The same gradients:
-    - input: the forward conv of the output gradient with the transposed, flipped kernel (1 -> C,
-      "full" padding k - 1 - p);
-    - weight: a 1 -> k^3 conv with one-hot kernels lays out the k^3 shifted copies of the output
-      gradient on the input's grid, then one matrix product with the input (C x k^3).
-    Both are ordinary differentiable ops, so double backward (WGAN-GP) works.
+    oneDNN's own backward is slow for these shapes: on the AVX-512 machine of issue 10 a C -> 1
+    backward at the finest paper scale took 51 ms against 32 ms for the forward; on this project's
+    AVX2 machine a 16 -> 16 float32 conv at the cpu profile's finest scale (10 x 63 x 63) took
+    173 ms for the backward against 7 ms for the forward (docs/performance.md). The same gradients:
+    - input: the forward conv of the output gradient with the transposed, flipped kernel ("full"
+      padding k - 1 - p): 13 ms there;
+    - weight, one output channel: a 1 -> k^3 conv with one-hot kernels lays out the k^3 shifted
+      copies of the output gradient on the input's grid, then one matrix product with the input
+      (C x k^3);
+    - weight, several output channels: one conv of the input, channels as the batch, with the output
+      gradient, channels as the batch, as its kernel: (C_in, N, ...) * (C_out, N, ...) ->
+      (C_in, C_out, k, k, k), transposed: 15 ms there.
+    All are ordinary differentiable ops, so double backward (WGAN-GP) works.
     """
 
     @staticmethod
@@ -135,16 +141,27 @@ class _OneOutputConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_input = _conv3d(grad, weight.transpose(0, 1).flip(2, 3, 4), None, full)
         if ctx.needs_input_grad[1]:
-            taps = math.prod(kernel)
-            one_hot = torch.eye(taps, dtype=grad.dtype, device=grad.device)
-            shifted = _conv3d(grad, one_hot.view(taps, 1, *kernel).flip(2, 3, 4), None, full)
-            channels = input.shape[1]
-            rows = input.permute(0, 2, 3, 4, 1).reshape(-1, channels)  # (N*D*H*W, C)
-            cols = shifted.permute(0, 2, 3, 4, 1).reshape(-1, taps)  # (N*D*H*W, k^3)
-            grad_weight = (rows.t() @ cols).view(1, channels, *kernel).to(weight.dtype)
+            grad_weight = _weight_gradient(input, grad, kernel, ctx.padding).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3, 4))
         return grad_input, grad_weight, grad_bias, None
+
+
+def _weight_gradient(
+    input: torch.Tensor, grad: torch.Tensor, kernel: tuple[int, ...], padding: Sequence[int]
+) -> torch.Tensor:
+    """The weight gradient of a stride-1 conv, (C_out, C_in, *kernel), from forward ops only."""
+    if grad.shape[1] == 1:
+        taps = math.prod(kernel)
+        full = [k - 1 - p for k, p in zip(kernel, padding, strict=True)]
+        one_hot = torch.eye(taps, dtype=grad.dtype, device=grad.device)
+        shifted = _conv3d(grad, one_hot.view(taps, 1, *kernel).flip(2, 3, 4), None, full)
+        channels = input.shape[1]
+        rows = input.permute(0, 2, 3, 4, 1).reshape(-1, channels)  # (N*D*H*W, C)
+        cols = shifted.permute(0, 2, 3, 4, 1).reshape(-1, taps)  # (N*D*H*W, k^3)
+        return (rows.t() @ cols).view(1, channels, *kernel)
+    by_channel = F.conv3d(input.transpose(0, 1), grad.transpose(0, 1), padding=tuple(padding))
+    return by_channel.transpose(0, 1)
 
 
 class Conv3d(nn.Conv3d):
@@ -160,7 +177,9 @@ class Conv3d(nn.Conv3d):
       and to a slow reference kernel otherwise: most of this project's layers at the cpu profile's
       sizes, and the coarse scales at the paper's. Measured here: a float32 sample of the cpu
       profile's 3D model 0.31 -> 0.05 s.
-    - One output channel (the last conv of G and D): the backward of :class:`_OneOutputConv`.
+    - Backward (training): :class:`_ConvByForwards`, for a conv with one output channel (the last
+      conv of G and D) and for every float32 conv; bf16 keeps oneDNN's own backward (measured only
+      on the AVX-512 machine, where it was not the bottleneck).
     bf16 is what autocast would run (input, weight and bias cast to bf16). float64 (the
     ``reference`` numerics, which oneDNN cannot run) goes through ``nn.Conv3d`` unchanged.
     """
@@ -185,8 +204,8 @@ class Conv3d(nn.Conv3d):
         if input.dtype != weight.dtype:
             return super()._conv_forward(input, weight, bias)  # torch's dtype error
         with torch.autocast("cpu", enabled=False):
-            if self.out_channels == 1 and torch.is_grad_enabled():
-                return _OneOutputConv.apply(input, weight, bias, padding)
+            if torch.is_grad_enabled() and (self.out_channels == 1 or input.dtype == torch.float32):
+                return _ConvByForwards.apply(input, weight, bias, padding)
             return _conv3d(input, weight, bias, padding)
 
 
