@@ -201,7 +201,9 @@ def time_iterations(
             mode: [c["modes"][mode]["median_s_per_iteration"] for c in cases] for mode in modes
         }
         schedule = {
-            mode: sum(iterations_for_scale(cfg.train, s) * t for s, t in enumerate(times))
+            mode: sum(
+                iterations_for_scale(cfg.train, s, len(times)) * t for s, t in enumerate(times)
+            )
             for mode, times in seconds.items()
         }
         result["settings"][setting] = {
@@ -214,7 +216,7 @@ def time_iterations(
                 c.get("ratio_reference_over_default") for c in cases
             ],
             "ratio_reference_over_default_finest": cases[-1].get("ratio_reference_over_default"),
-            "iterations_per_scale": [iterations_for_scale(cfg.train, s) for s in range(scales)],
+            "iterations_per_scale": [iterations_for_scale(cfg.train, s, scales) for s in range(scales)],
             "projected_schedule_s": schedule,
             "projected_schedule_method": "sum over scales of (iterations in the schedule x "
             "median seconds per iteration); training iterations only, no logging or checkpoints",
@@ -318,7 +320,7 @@ def train_with_budget(
         precision=cfg.train.precision,
         completed_scales=completed,
         num_scales=scales,
-        iterations_per_scale=[iterations_for_scale(cfg.train, s) for s in range(scales)],
+        iterations_per_scale=[iterations_for_scale(cfg.train, s, scales) for s in range(scales)],
         seconds_per_iteration_per_scale=per_scale,
         seconds_per_iteration_method="between the first and last logged rows of each completed "
         "scale (includes the logging's reconstruction passes every log_every iterations)",
@@ -432,7 +434,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             for setting, entry in record["settings"].items():
                 projected[setting] = [
-                    iterations_for_scale(load_config(PARAMS, profile=args.profile).train, s) * t
+                    iterations_for_scale(
+                        load_config(PARAMS, profile=args.profile).train,
+                        s,
+                        len(entry["seconds_per_iteration_per_scale"][default]),
+                    )
+                    * t
                     for s, t in enumerate(entry["seconds_per_iteration_per_scale"][default])
                 ]
 

@@ -120,8 +120,15 @@ class TrainConfig:
     # Realism switch (not in the seed, which samples from scale 0): random samples start at this
     # scale from the real volume of the scale below (SinGAN's gen_start_scale); 0 = pure noise.
     sample_start_scale: int = 0
+    # Realism switches of training (docs/realism.md). The noise amplitude of scale s >= 1 is this
+    # factor x RMSE(up(rec_{s-1}), x_s): the seed 1.0, official SinGAN and ConSinGAN 0.1.
+    noise_amplitude_factor: float = 1.0
+    # The finest scale trains this factor x its iterations_per_scale * (s + 1) (the seed: 1).
+    finest_iterations_factor: float = 1.0
 
     def __post_init__(self) -> None:
+        _positive("train.noise_amplitude_factor", self.noise_amplitude_factor)
+        _positive("train.finest_iterations_factor", self.finest_iterations_factor)
         if self.sample_start_scale < 0:
             raise ValueError(
                 f"train.sample_start_scale must be >= 0 (0 = random from pure noise at the "
@@ -532,6 +539,10 @@ def scale_shapes(pyramid: PyramidConfig) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def iterations_for_scale(train: TrainConfig, scale: int) -> int:
-    """Iterations at scale s: iterations_per_scale * (s + 1) (paper: 1000, 2000, ..., 5000)."""
-    return train.iterations_per_scale * (scale + 1)
+def iterations_for_scale(train: TrainConfig, scale: int, num_scales: int) -> int:
+    """Iterations at scale s: iterations_per_scale * (s + 1) (paper: 1000, 2000, ..., 5000),
+    times ``train.finest_iterations_factor`` at the finest scale (``num_scales - 1``)."""
+    iterations = train.iterations_per_scale * (scale + 1)
+    if scale == num_scales - 1:
+        iterations = max(1, int(round(iterations * train.finest_iterations_factor)))
+    return iterations

@@ -1,7 +1,7 @@
 """Progressive training of the CT-GAN pyramid, scale by scale, and resuming from a checkpoint.
 
 One scale s (ctgan-facts §4): a new generator G_s (initialised from G_{s-1}) and discriminator D_s
-(a copy of D_{s-1}) train for ``iterations_for_scale(cfg.train, s)`` iterations of ``g_steps``
+(a copy of D_{s-1}) train for ``iterations_for_scale(cfg.train, s, S)`` iterations of ``g_steps``
 generator steps then ``d_steps`` discriminator steps, with fresh Adam optimisers and one lr decay.
 Earlier scales are frozen. Losses: the adversarial one (lsgan | wgangp | zerogp) on a random
 sample, plus the enabled terms of the setting on the reconstruction G(z_rec).
@@ -10,7 +10,8 @@ Departures from the seed, on purpose:
 - The noise amplitude of scale s >= 1 is RMSE(up(rec_{s-1}), x_s), computed once per scale from
   the frozen chain and detached (the seed recomputed it every step and let the adversarial
   gradient leak through it, ctgan-facts §6.8). Since the earlier scales are frozen, it is the same
-  number the seed would get before its first step.
+  number the seed would get before its first step. ``train.noise_amplitude_factor`` (a realism
+  switch, seed 1.0) multiplies it; ``train.finest_iterations_factor`` lengthens the finest scale.
 - The frozen reconstruction chain up to s-1 is computed once per scale; the random chain of the
   frozen scales runs without autograd.
 - Seeded: scale s's fresh weights and all its noise come from generators seeded by (seed, s), so a
@@ -281,7 +282,8 @@ class ScaleTrainer:
             rec_previous = _frozen_chain(self.generator, state.reconstruction_noise, s)
         if rec_previous is not None:
             rec_previous = upsample(rec_previous.to(self.dtype), context.shapes[s])
-            amplitude = float(torch.sqrt(torch.mean((rec_previous - context.real) ** 2)).item())
+            rmse = float(torch.sqrt(torch.mean((rec_previous - context.real) ** 2)).item())
+            amplitude = cfg.train.noise_amplitude_factor * rmse
         else:
             amplitude = 1.0
         self.rec_previous = rec_previous
@@ -294,7 +296,7 @@ class ScaleTrainer:
         self.opt_d = torch.optim.Adam(
             self.discriminator.parameters(), lr=train_cfg.lr, betas=train_cfg.betas
         )
-        self.iterations = iterations_for_scale(train_cfg, s)
+        self.iterations = iterations_for_scale(train_cfg, s, len(context.shapes))
         self.decay_at = int(round(train_cfg.lr_decay_fraction * self.iterations))
         self.need_rec = any(cfg.uses(t) for t in ("reconstruction", "projection", "segmentation"))
         self.d_loss = torch.full((), float("nan"))
@@ -389,7 +391,8 @@ class ScaleTrainer:
             rec = self.reconstruct()
             return {
                 "step": sum(
-                    iterations_for_scale(context.cfg.train, s) for s in range(context.scale)
+                    iterations_for_scale(context.cfg.train, s, len(context.shapes))
+                    for s in range(context.scale)
                 )
                 + i,
                 "scale": context.scale,
