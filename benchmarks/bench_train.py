@@ -148,9 +148,7 @@ def run_case(
         else base.train.slice_generator_channels,
         "discriminator_channels": base.train.discriminator_channels,
         "steps": [base.train.g_steps, base.train.d_steps],
-        "iterations_in_schedule": iterations_for_scale(
-            base.train, scale, num_scales(base.pyramid)
-        ),
+        "iterations_in_schedule": iterations_for_scale(base.train, scale, num_scales(base.pyramid)),
         "flops_per_iteration": flops,
         "load_average_1min": [round(v, 2) for v in loads],
         "modes": {},

@@ -216,7 +216,9 @@ def time_iterations(
                 c.get("ratio_reference_over_default") for c in cases
             ],
             "ratio_reference_over_default_finest": cases[-1].get("ratio_reference_over_default"),
-            "iterations_per_scale": [iterations_for_scale(cfg.train, s, scales) for s in range(scales)],
+            "iterations_per_scale": [
+                iterations_for_scale(cfg.train, s, scales) for s in range(scales)
+            ],
             "projected_schedule_s": schedule,
             "projected_schedule_method": "sum over scales of (iterations in the schedule x "
             "median seconds per iteration); training iterations only, no logging or checkpoints",

@@ -63,7 +63,13 @@ def test_paper_pyramid_matches_the_seed():
         (15, 94, 94),
         (23, 141, 141),
     ]
-    assert [iterations_for_scale(cfg.train, s, 5) for s in range(5)] == [1000, 2000, 3000, 4000, 5000]
+    assert [iterations_for_scale(cfg.train, s, 5) for s in range(5)] == [
+        1000,
+        2000,
+        3000,
+        4000,
+        5000,
+    ]
     longer = dataclasses.replace(cfg.train, finest_iterations_factor=2.5)
     assert [iterations_for_scale(longer, s, 5) for s in range(5)] == [1000, 2000, 3000, 4000, 12500]
     assert cfg.train.lr == 5e-4 and cfg.train.betas == (0.5, 0.999)
