@@ -287,6 +287,14 @@ class Config:
         """Plain JSON-able dict; ``config_from_dict`` inverts it."""
         return _to_plain(dataclasses.asdict(self))
 
+    def training_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the sections that do not change a training (``evaluate``,
+        ``gpnn``): what the resume check and the run key compare."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING_SECTIONS}
+
+
+NOT_TRAINING_SECTIONS = ("evaluate", "gpnn")  # read after training, never by it
+
 
 def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):

@@ -46,7 +46,7 @@ from ctgan.checkpoint import (
     restore_generator,
     save_checkpoint,
 )
-from ctgan.config import Config, iterations_for_scale, scale_shapes
+from ctgan.config import NOT_TRAINING_SECTIONS, Config, iterations_for_scale, scale_shapes
 from ctgan.history import HISTORY_COLUMNS, HISTORY_NAME, HistoryWriter, Row, read_history
 from ctgan.intensity import network_to_paper
 from ctgan.io import ensure_writable_dir, write_json
@@ -550,8 +550,9 @@ def _start_or_resume(
         return RunState(generator, None, [], rec_noise)
 
     payload = read_checkpoint(checkpoint_path)
-    if payload["config"] != cfg.to_dict() or payload["seed"] != int(seed):
-        what = "config" if payload["config"] != cfg.to_dict() else f"seed ({payload['seed']})"
+    recorded = {k: v for k, v in payload["config"].items() if k not in NOT_TRAINING_SECTIONS}
+    if recorded != cfg.training_dict() or payload["seed"] != int(seed):
+        what = "config" if recorded != cfg.training_dict() else f"seed ({payload['seed']})"
         raise ValueError(
             f"{out_dir} holds a checkpoint of another run (another {what}); delete the folder "
             f"or choose another out_dir"

@@ -32,7 +32,7 @@ def run_key(cfg: Config, seed: int) -> str:
     """A short hash of what determines a run: the resolved config, the seed and the training code
     (nets, losses, train, checkpoint, history). Two runs with the same key produce the same checkpoint."""
     code = b"".join((Path(__file__).parent / name).read_bytes() for name in _CODE)
-    text = json.dumps({"config": cfg.to_dict(), "seed": int(seed)}, sort_keys=True).encode()
+    text = json.dumps({"config": cfg.training_dict(), "seed": int(seed)}, sort_keys=True).encode()
     return hashlib.sha256(text + code).hexdigest()[:12]
 
 

@@ -219,6 +219,13 @@ def test_run_key_follows_config_and_seed() -> None:
     assert run_key(cfg, 0) == run_key(tiny_config("3d-B"), 0)
     assert run_key(cfg, 0) != run_key(cfg, 1)
     assert run_key(cfg, 0) != run_key(tiny_config("3d-B", lr=1e-3), 0)
+    # the GPNN baseline's and the evaluation's keys do not change a training
+    other = dataclasses.replace(
+        cfg,
+        gpnn=dataclasses.replace(cfg.gpnn, iterations=cfg.gpnn.iterations + 1),
+        evaluate=dataclasses.replace(cfg.evaluate, num_samples=cfg.evaluate.num_samples + 1),
+    )
+    assert run_key(other, 0) == run_key(cfg, 0)
 
 
 def test_a_finished_run_is_not_retrained(tmp_path: Path) -> None:
