@@ -38,6 +38,7 @@ from ctgan.tables import (
     realism_table,
     setting_names,
     tissue_table,
+    versus_gpnn_text,
 )
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,8 @@ def build_report(
         anatomy_table(metrics, gpnn),
         "",
         gpnn_text(gpnn),
+        "",
+        versus_gpnn_text(metrics, gpnn),
         "",
         "Fractions of the body in each tissue class (HU), mean over samples:",
         "",

@@ -338,6 +338,51 @@ def procedure_text(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str
     )
 
 
+def _share(values: Mapping[str, Any]) -> float:
+    """The chest-like share of a model's samples (NaN for a file without a verdict)."""
+    count, _ = metric_summary(values, "verdict", "chest_like_count")
+    total, _ = metric_summary(values, "verdict", "chest_like_of")
+    return count / total if total else math.nan
+
+
+def _compare(ours: float, theirs: float, tolerance: float) -> str:
+    if math.isnan(ours) or math.isnan(theirs):
+        return "n/a"
+    if abs(ours - theirs) <= tolerance:
+        return "level with"
+    return "ahead of" if ours > theirs else "behind"
+
+
+def versus_gpnn_text(
+    metrics: Mapping[str, Mapping[str, Any]], gpnn: Mapping[str, Any] | None
+) -> str:
+    """Where each GAN setting stands against the GPNN row: its chest-like share and its
+    diversity, each "ahead of", "level with" (within one sample of K, or 0.02 of diversity) or
+    "behind" GPNN's, computed from the same metrics files as the tables."""
+    if gpnn is None:
+        return ""
+    gpnn_share, gpnn_div = _share(gpnn), metric_summary(gpnn, "diversity", "diversity")[0]
+    total = metric_summary(gpnn, "verdict", "chest_like_of")[0]
+    one_sample = 1.0 / total if total else 0.0
+    lines = [
+        f"Against the GPNN row ({chest_like_cell(gpnn)} chest-like, diversity "
+        f"{format_value(gpnn_div, 0.0, 3)}):",
+        "",
+    ]
+    for name in setting_names():
+        values = metrics.get(name)
+        if values is None:
+            continue
+        share = _share(values)
+        div = metric_summary(values, "diversity", "diversity")[0]
+        lines.append(
+            f"- {name}: realism {_compare(share, gpnn_share, one_sample)} GPNN "
+            f"({chest_like_cell(values)} chest-like), diversity {_compare(div, gpnn_div, 0.02)} "
+            f"GPNN ({format_value(div, 0.0, 3)})."
+        )
+    return "\n".join(lines)
+
+
 def gpnn_text(gpnn: Mapping[str, Any] | None) -> str:
     """One paragraph on the GPNN row: what it is, its timing; or that it is absent."""
     if gpnn is None:

@@ -115,6 +115,23 @@ def test_criteria_and_gpnn_texts_state_the_thresholds(one_result):
     assert "GPNN (no training)" in text and "seconds_per_sample 1.25" in text
 
 
+def test_every_setting_is_placed_against_gpnn_by_its_own_numbers(one_result):
+    metrics = all_metrics(one_result)
+    gpnn = gpnn_metrics(one_result)  # 7 of 8 chest-like
+    gpnn["diversity"]["diversity"] = {"mean": 0.5, "sd": 0.0, "per_seed": [0.5]}
+    for name, count, div in (("3d-B", 8.0, 0.9), ("3d-C", 7.0, 0.51), ("3d-D", 2.0, 0.1)):
+        metrics[name]["verdict"]["chest_like_count"] = {"mean": count, "sd": 0.0}
+        metrics[name]["verdict"]["chest_like_of"] = {"mean": 8.0, "sd": 0.0}
+        metrics[name]["diversity"]["diversity"] = {"mean": div, "sd": 0.0}
+    lines = {line[2:6]: line for line in tables.versus_gpnn_text(metrics, gpnn).splitlines()}
+    # 8 vs 7 of 8: within one sample, level
+    assert "realism level with" in lines["3d-B"] and "diversity ahead of" in lines["3d-B"]
+    assert "realism level with" in lines["3d-C"] and "diversity level with" in lines["3d-C"]
+    assert "realism behind" in lines["3d-D"] and "diversity behind" in lines["3d-D"]
+    assert len([line for line in lines.values() if line.startswith("- ")]) == 8
+    assert tables.versus_gpnn_text(metrics, None) == ""
+
+
 def write_fake_repo(root: Path, result: dict) -> dict[str, Path]:
     """params (smoke), a saved pyramid, 8 model folders (fake checkpoints + histories), metrics."""
     from ctgan.preprocess import save_pyramid
