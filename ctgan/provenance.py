@@ -2,7 +2,8 @@
 
 A :class:`Provenance` names what made a file: the ctgan version, the model (3d | 2d), its
 setting and training seed (the ``models/<setting>/seed<k>`` folder), the sampling seed and the
-sample's index, how it was made (a random sample, or an injection at scale n), its size factor,
+sample's index, how it was made (a random sample, an injection at scale n, or the reconstruction
+from the model's fixed noise), its size factor,
 what the file holds (``volume``, ``lungs``, ``nodules``) and the seriesuid of the scan the model
 learnt from. Real scans carry none of this: :func:`read_provenance` returns None for them.
 
@@ -14,7 +15,7 @@ Where it is written (measured with SimpleITK 2.5 / ITK 5.4 and read back with ni
   ``descrip`` (79 characters; SimpleITK writes it from the ``ITK_FileNotes`` key and refuses a
   longer one) = ``synthetic from <seriesuid>`` (a 64-character DICOM uid fits exactly);
   ``aux_file`` (23 characters) = ``<setting>/seed<k> s<seed>#<index>`` plus `` i<n>`` for an
-  injection at scale n; ``intent_name`` (15 characters) = ``ctgan <version>``. SimpleITK never
+  injection at scale n, `` rec`` for the reconstruction from the fixed noise; ``intent_name`` (15 characters) = ``ctgan <version>``. SimpleITK never
   writes ``intent_name`` (it reads it), so :func:`stamp_nifti_intent` sets it in the written
   file's header, and for masks also ``intent_code`` 1002 (NIFTI_INTENT_LABEL). The size factor,
   profile and content do not fit: the file name and the data type (uint8 masks) tell the content.
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from ctgan.train import TrainedModel
 
 CONTENTS = ("volume", "lungs", "nodules")
-MODES = ("sample", "inject")
+MODES = ("sample", "inject", "reconstruction")
 PREFIX = "ctgan_"
 METAIMAGE_KEYS = (
     "synthetic",
@@ -62,7 +63,8 @@ NIFTI_HEADER_SIZE = 348
 NIFTI_INTENT_LABEL = 1002
 DESCRIP_PREFIX = "synthetic from "
 _AUX = re.compile(
-    r"^(?P<setting>\S+)/seed(?P<k>\d+) s(?P<seed>\d+)#(?P<index>\d+)(?: i(?P<n>\d+))?$"
+    r"^(?P<setting>\S+)/seed(?P<k>\d+) s(?P<seed>\d+)#(?P<index>\d+)"
+    r"(?: i(?P<n>\d+)| (?P<rec>rec))?$"
 )
 _INTENT = re.compile(r"^ctgan (?P<version>\S+)$")
 
@@ -115,8 +117,11 @@ def model_provenance(
     *,
     inject_scale: int | None = None,
     scale: tuple[float, float, float] | list[float] = (1.0, 1.0, 1.0),
+    reconstruction: bool = False,
 ) -> Provenance:
-    """The provenance of sample ``sample_index`` drawn with ``sample_seed`` from ``model``."""
+    """The provenance of sample ``sample_index`` drawn with ``sample_seed`` from ``model`` (an
+    injection at ``inject_scale``; with ``reconstruction`` the model's reconstruction from its
+    fixed noise)."""
     config = model.config
     return Provenance(
         model=config.model,
@@ -125,7 +130,7 @@ def model_provenance(
         sample_seed=int(sample_seed),
         sample_index=int(sample_index),
         source_seriesuid=str(model.source.get("seriesuid") or "unknown"),
-        mode="sample" if inject_scale is None else "inject",
+        mode="reconstruction" if reconstruction else "sample" if inject_scale is None else "inject",
         inject_scale=inject_scale,
         scale=tuple(float(v) for v in scale),  # type: ignore[arg-type]
         profile=str(config.profile or ""),
@@ -154,6 +159,8 @@ def nifti_fields(provenance: Provenance) -> dict[str, str]:
     aux = f"{provenance.setting}/seed{provenance.model_seed} s{provenance.sample_seed}#{provenance.sample_index}"
     if provenance.inject_scale is not None:
         aux += f" i{provenance.inject_scale}"
+    if provenance.mode == "reconstruction":
+        aux += " rec"
     fields = {
         "descrip": f"{DESCRIP_PREFIX}{provenance.source_seriesuid}",
         "aux_file": aux,
@@ -238,7 +245,7 @@ def provenance_from_metadata(metadata: dict[str, str], file_name: str = "") -> P
         sample_seed=int(aux["seed"]),
         sample_index=int(aux["index"]),
         source_seriesuid=descrip[len(DESCRIP_PREFIX) :],
-        mode="sample" if aux["n"] is None else "inject",
+        mode="reconstruction" if aux["rec"] else "sample" if aux["n"] is None else "inject",
         inject_scale=None if aux["n"] is None else int(aux["n"]),
         content=content,
         version=intent["version"],

@@ -75,9 +75,10 @@ def test_metaimage_header_holds_every_field_for_simpleitk(tmp_path):
     assert metaimage_fields(record)["ctgan_scale"] == "1.5 1 1"
 
 
-@pytest.mark.parametrize("inject_scale", [None, 2])
-def test_nifti_header_fields_are_readable_by_simpleitk_and_nibabel(tmp_path, inject_scale):
-    mode = "sample" if inject_scale is None else "inject"
+@pytest.mark.parametrize(
+    "mode,inject_scale", [("sample", None), ("inject", 2), ("reconstruction", None)]
+)
+def test_nifti_header_fields_are_readable_by_simpleitk_and_nibabel(tmp_path, mode, inject_scale):
     record = provenance(mode=mode, inject_scale=inject_scale)
     model = untrained_smoke_model()
     path = export_model_volume(model, volume(), tmp_path / "v.nii.gz", provenance=record)
@@ -124,7 +125,7 @@ def test_nifti_fields_that_do_not_fit_are_refused_before_writing():
     "changes,match",
     [
         ({"content": "bones"}, r"content must be one of volume, lungs, nodules; got 'bones'"),
-        ({"mode": "paint"}, r"mode must be one of sample, inject; got 'paint'"),
+        ({"mode": "paint"}, r"mode must be one of sample, inject, reconstruction; got 'paint'"),
         ({"inject_scale": 2}, r"inject_scale goes with mode 'inject' only"),
         ({"sample_seed": -1}, r"sample_seed must be an integer >= 0; got -1"),
     ],
