@@ -28,11 +28,9 @@ Encoder features (the evaluation's Fréchet distance): :meth:`Segmenter.encoder_
 the global-average-pooled bottleneck, ``(N, C)``, for volumes ``(N, 1, D, H, W)`` or for 2D
 slices ``(N, 1, H, W)`` (each fed as a thin slab of 3 copies of itself).
 
-Whole volumes (figures, the real-scan agreement check, the paired masks of ``ctgan.masks``):
-:func:`predict_volume` resizes the volume so that a crop of ``crop_size`` (the one it was trained
-on, kept in its file and set on the network by :func:`load_segmenter`) covers half of it along
-every axis (the GAN's crop fraction; half of the training extent for a volume of another size),
-runs overlapping windows, averages their probabilities and resizes back;
+Whole volumes (figures, the real-scan agreement check): :func:`predict_volume` resizes the
+volume so that a crop of ``crop_size`` covers half of it along every axis (the GAN's crop
+fraction), runs overlapping windows, averages their probabilities and resizes back;
 :func:`largest_lung_components` applies the classical mask's two-largest-components rule.
 """
 
@@ -113,9 +111,6 @@ class Segmenter(nn.Module):
         self.out_channels = out_channels
         self.base_channels = base_channels
         self.levels = levels
-        # the crop size it was trained on (set by load_segmenter from its file; whole-volume
-        # prediction of the paired masks reads it); not part of the architecture
-        self.crop_size: tuple[int, int, int] | None = None
         widths = [base_channels * 2**level for level in range(levels)]
         self.encoder = nn.ModuleList(
             _conv_block(in_channels if level == 0 else widths[level - 1], widths[level])
@@ -284,7 +279,6 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segm
         f"segmenter weights in {path} do not fit the architecture it declares {architecture} "
         f"(a file for another architecture?): {{reason}}; rerun the segmenter stage",
     )
-    model.crop_size = tuple(int(c) for c in payload["config"]["crop_size"])  # type: ignore[assignment]
     return freeze(model.to(device))  # type: ignore[return-value]
 
 
@@ -316,16 +310,13 @@ def predict_volume(
     *,
     field_fraction: float = GAN_CROP_FRACTION,
     batch_size: int = 4,
-    size_factor: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
     """Probabilities (2, D, H, W) (lungs, nodules) for a whole (D, H, W) volume in [-1, 1].
 
     The volume is resized so that a ``crop_size`` window covers ``field_fraction`` of it along
     every axis (default 0.5, the scale of the segmentation term's crops; smaller values give
     finer boundaries), windows overlapping by half are averaged, and the probabilities are
-    resized back to the volume's shape. ``size_factor`` (z, y, x): the volume is that many times
-    the extent the fraction refers to (a sample of size factor 1.5 along z): the windows then
-    cover ``field_fraction`` of the training extent, the zoom the segmenter was trained at.
+    resized back to the volume's shape.
     """
     array = as_float_array("predict_volume volume", volume)
     window = tuple(int(c) for c in crop_size)
@@ -334,14 +325,7 @@ def predict_volume(
             f"field_fraction must be in [{RANDOM_CROP_FRACTIONS[0]}, 1] (the crop extents the "
             f"segmenter was trained on); got {field_fraction}"
         )
-    factors = tuple(float(f) for f in size_factor)
-    if len(factors) != 3 or not all(f > 0 for f in factors):
-        raise ValueError(
-            f"size_factor must be three positive factors (z, y, x); got {list(size_factor)}"
-        )
-    canonical = tuple(
-        max(w, round(w * f / field_fraction)) for w, f in zip(window, factors, strict=True)
-    )
+    canonical = tuple(max(w, round(w / field_fraction)) for w in window)
     device = next(model.parameters()).device
     x = F.interpolate(
         torch.from_numpy(array)[None, None], size=canonical, mode="trilinear", align_corners=False

@@ -122,7 +122,6 @@ def train_segmenter(
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
     train_seconds = time.perf_counter() - started
     freeze(model)
-    model.crop_size = crop_size  # type: ignore[assignment]
     dice = _validation_dice(model, val_scans, crop_size, validation_crops, seed, device)
     undefined = {name: undefined_dice_reason(name) for name, v in dice.items() if v is None}
     metrics: dict[str, Any] = {
