@@ -6,7 +6,10 @@ The masks come from the frozen in-pipeline segmenter (``models/segmenter/segment
 (:func:`ctgan.segmenter.predict_volume`: windows of its training crop size covering half of the
 training extent, averaged; lungs = :func:`ctgan.segmenter.largest_lung_components` of the lung
 probability, the classical mask's two-largest-components rule; nodules = nodule probability
->= 0.5). A sample of another size (``scale``) is segmented at the zoom of the training size.
+>= 0.5). A sample of another size (``scale``) gets windows over 0.5 / f of the volume, f its
+largest size factor, i.e. half of the training extent along that axis (:func:`field_fraction_for`;
+kept in [0.3, 1], the fractions ``predict_volume`` accepts: beyond a factor of 1.67 the windows
+see more of the training extent than at the training size).
 They are written as uint8 label maps (0 / 1) with the volume's exact geometry and its provenance
 (``ctgan.export.export_label_map``, ``ctgan.provenance``).
 
@@ -33,10 +36,13 @@ from ctgan.intensity import network_to_hu
 from ctgan.preprocess import compute_lung_mask
 from ctgan.provenance import Provenance, model_provenance
 from ctgan.segmenter import (
+    GAN_CROP_FRACTION,
+    RANDOM_CROP_FRACTIONS,
     Segmenter,
     largest_lung_components,
     load_segmenter,
     predict_volume,
+    read_segmenter_file,
 )
 from ctgan.segmenter_train import dice_score
 
@@ -57,7 +63,8 @@ def default_segmenter_path(model: TrainedModel) -> Path:
 
 
 def load_mask_segmenter(path: str | Path, device: str = "cpu") -> Segmenter:
-    """The frozen segmenter behind the paired masks; a clear error when its file is absent."""
+    """The frozen segmenter behind the paired masks, with ``crop_size`` (the crop size it was
+    trained on, from its file) set on it; a clear error when its file is absent."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -65,7 +72,17 @@ def load_mask_segmenter(path: str | Path, device: str = "cpu") -> Segmenter:
             f"there is none; run the segmenter stage (`dvc repro segmenter`) or give the file "
             f"(ctgan sample --segmenter PATH)"
         )
-    return load_segmenter(path, device)
+    segmenter = load_segmenter(path, device)
+    crop_size = read_segmenter_file(path)["config"]["crop_size"]
+    segmenter.crop_size = tuple(int(c) for c in crop_size)  # type: ignore[attr-defined]
+    return segmenter
+
+
+def field_fraction_for(scale: Sequence[float]) -> float:
+    """predict_volume's ``field_fraction`` for a volume of size factor ``scale``: 0.5 / f of the
+    volume, f the largest factor (half of the training extent along that axis), kept in [0.3, 1]."""
+    largest = max(float(f) for f in scale)
+    return min(1.0, max(RANDOM_CROP_FRACTIONS[0], GAN_CROP_FRACTION / largest))
 
 
 def predict_masks(
@@ -77,9 +94,11 @@ def predict_masks(
     if crop_size is None:
         raise ValueError(
             "the segmenter does not know the crop size it was trained on; load it with "
-            "ctgan.masks.load_mask_segmenter (or ctgan.segmenter.load_segmenter) from its file"
+            "ctgan.masks.load_mask_segmenter from its file"
         )
-    probabilities = predict_volume(segmenter, volume, crop_size, size_factor=scale)
+    probabilities = predict_volume(
+        segmenter, volume, crop_size, field_fraction=field_fraction_for(scale)
+    )
     lungs = largest_lung_components(probabilities[0])
     nodules = probabilities[1] >= NODULE_PROBABILITY_THRESHOLD
     return lungs, nodules

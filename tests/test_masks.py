@@ -18,6 +18,7 @@ from ctgan.config import SegmenterConfig
 from ctgan.intensity import hu_to_network
 from ctgan.masks import (
     default_segmenter_path,
+    field_fraction_for,
     load_mask_segmenter,
     lung_mask_dice,
     mask_paths,
@@ -91,6 +92,13 @@ def test_predict_masks_post_processes_as_the_segmenter_does(tmp_path):
     assert lungs.dtype == bool and nodules.dtype == bool
     with pytest.raises(ValueError, match=r"does not know the crop size it was trained on"):
         predict_masks(freeze(Segmenter(base_channels=4, levels=2)), volume)
+
+
+def test_field_fraction_covers_half_the_training_extent_along_the_largest_factor():
+    assert field_fraction_for((1, 1, 1)) == 0.5
+    assert field_fraction_for((1.25, 1, 1)) == pytest.approx(0.4)
+    assert field_fraction_for((3, 1, 1)) == 0.3  # the smallest fraction predict_volume accepts
+    assert field_fraction_for((0.4, 0.4, 0.4)) == 1.0
 
 
 def test_lung_mask_dice_against_the_threshold_lungs():
