@@ -11,8 +11,7 @@ The result (``write_metrics`` -> ``metrics/<model>-<setting>.json``)::
      "num_samples": K, "seeds": [0, 1, 2], "sampling_seed": 0,
      "mse": mean, "psnr": mean, "ssim": mean,          # the paper's numbers, flat for `dvc metrics show`
      "reconstruction": {"mse": {"mean": .., "sd": .., "per_seed": [..]}, "psnr": {...}, ...},
-     "realism": {"hu_wasserstein": {...}, "frechet_axial": {...}, "lung_fraction": {...},
-                 "lung_mask_dice": {...}, ...},   # the last: how far to trust the paired masks
+     "realism": {"hu_wasserstein": {...}, "frechet_axial": {...}, "lung_fraction": {...}, ...},
      "anatomy": {"lung_fraction_of_body": {...}, "lung_fraction_of_body_real": {...}, ...},
      "diversity": {"diversity": {...}, "voxel_sd_hu": {...}},
      "memorisation": {"max_ssim_to_training": {...}, "copies_of_training": {...}, ...},
