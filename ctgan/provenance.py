@@ -3,9 +3,8 @@
 A :class:`Provenance` names what made a file: the ctgan version, the model (3d | 2d), its
 setting and training seed (the ``models/<setting>/seed<k>`` folder), the sampling seed and the
 sample's index, how it was made (a random sample, an injection at scale n, or the reconstruction
-from the model's fixed noise), its size factor,
-what the file holds (``volume``, ``lungs``, ``nodules``) and the seriesuid of the scan the model
-learnt from. Real scans carry none of this: :func:`read_provenance` returns None for them.
+from the model's fixed noise), its size factor, what the file holds (``volume``, ``lungs``,
+``nodules``) and the seriesuid of the scan the model learnt from. Real scans carry none of this: :func:`read_provenance` returns None for them.
 
 Where it is written (measured with SimpleITK 2.5 / ITK 5.4 and read back with nibabel 5.4):
 
@@ -15,10 +14,11 @@ Where it is written (measured with SimpleITK 2.5 / ITK 5.4 and read back with ni
   ``descrip`` (79 characters; SimpleITK writes it from the ``ITK_FileNotes`` key and refuses a
   longer one) = ``synthetic from <seriesuid>`` (a 64-character DICOM uid fits exactly);
   ``aux_file`` (23 characters) = ``<setting>/seed<k> s<seed>#<index>`` plus `` i<n>`` for an
-  injection at scale n, `` rec`` for the reconstruction from the fixed noise; ``intent_name`` (15 characters) = ``ctgan <version>``. SimpleITK never
-  writes ``intent_name`` (it reads it), so :func:`stamp_nifti_intent` sets it in the written
-  file's header, and for masks also ``intent_code`` 1002 (NIFTI_INTENT_LABEL). The size factor,
-  profile and content do not fit: the file name and the data type (uint8 masks) tell the content.
+  injection at scale n, `` rec`` for the reconstruction from the fixed noise; ``intent_name``
+  (15 characters) = ``ctgan <version>``. SimpleITK never writes ``intent_name`` (it reads it),
+  so :func:`stamp_nifti_intent` sets it in the written file's header, and for masks also
+  ``intent_code`` 1002 (NIFTI_INTENT_LABEL). The size factor, profile and content do not fit: the
+  label intent and the file name (``<name>_lungs`` / ``<name>_nodules``) tell the content.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ METAIMAGE_KEYS = (
     "content",
     "source_seriesuid",
 )
-# NIfTI-1 text fields (bytes including the terminating NUL) and their place in the header.
+# NIfTI-1 text fields (characters, without the terminating NUL) and their place in the header.
 NIFTI_DESCRIP_CHARS = 79
 NIFTI_AUX_FILE_CHARS = 23
 NIFTI_INTENT_NAME_CHARS = 15
