@@ -23,7 +23,7 @@ from ctgan.evaluate import check_finite, result_from_summary, summarise_seeds
 from ctgan.features import SegmenterLike
 from ctgan.gpnn import generate_gpnn, reconstruct_gpnn
 from ctgan.io import atomic_write, ensure_writable_dir
-from ctgan.metrics import METRICS, MetricInputs, compute_metrics
+from ctgan.metrics import MetricInputs, available_metrics, compute_metrics
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,8 +79,7 @@ def evaluate_gpnn(
         segmenter=segmenter,
         device=str(device),
     )
-    names = [n for n in METRICS if segmenter is not None or not n.startswith("frechet_")]
-    summary = summarise_seeds([compute_metrics(inputs, names)])
+    summary = summarise_seeds([compute_metrics(inputs, available_metrics(inputs))])
     result: dict[str, Any] = {
         "name": "gpnn",
         "model": "gpnn",

@@ -111,6 +111,18 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         help="replace files of the same names in --out (without it, existing files are refused)",
     )
     p.add_argument("--batch-size", type=int, default=4, help="volumes per forward pass")
+    p.add_argument(
+        "--with-masks",
+        action="store_true",
+        help="also write each volume's lung and nodule masks (<name>_lungs, <name>_nodules: "
+        "uint8 label maps of the same geometry) from the frozen segmenter",
+    )
+    p.add_argument(
+        "--segmenter",
+        metavar="FILE",
+        help="segmenter weights for --with-masks (default: models/segmenter/segmenter.pt "
+        "beside the model folder)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--precision",
@@ -162,8 +174,13 @@ def _run_sample(args: argparse.Namespace) -> int:
         sampling.check_injection_scale(model, args.inject_scale)
         start_volume = sampling.read_injection_volume(args.inject_from, model)
     _check_sampling_memory(model, args, shape, device, precision)
+    segmenter = _check_provenance_and_masks(model, args, device)
     stem = f"inject{args.inject_scale}_seed{args.seed}" if injecting else f"sample_seed{args.seed}"
     names = [f"{stem}_{i:03d}.{args.format}" for i in range(args.n)]
+    if segmenter is not None:
+        from ctgan.masks import mask_paths
+
+        names += [p.name for name in names[: args.n] for p in mask_paths(name).values()]
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder; give a folder to write into")
     existing = [name for name in names if (Path(args.out) / name).exists()]
@@ -188,10 +205,16 @@ def _run_sample(args: argparse.Namespace) -> int:
         volumes = sampling.sample_volumes(
             model, scale=args.scale, start_scale=args.start_scale, **common
         )
-    for name, volume in zip(names, volumes, strict=True):
-        path = Path(out_dir) / name
-        sampling.export_model_volume(model, volume, path, args.scale)
-        print(path)
+    paths = [Path(out_dir) / name for name in names[: args.n]]
+    written = _write_samples(model, volumes, paths, args, segmenter)
+    if segmenter is not None:
+        dice = [result["lung_dice"] for result in written]
+        print(
+            f"paired masks: lung Dice of the segmenter vs the classical threshold mask "
+            f"(ctgan.preprocess.compute_lung_mask) mean {sum(dice) / len(dice):.3f}, "
+            f"min {min(dice):.3f} over {len(dice)} volume(s)",
+            file=sys.stderr,
+        )
     spacing_text = " x ".join(f"{v:g}" for v in spacing)
     print(
         f"wrote {len(volumes)} volume(s) of shape (z, y, x) {shape}, spacing {spacing_text} mm, "
@@ -199,6 +222,43 @@ def _run_sample(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _check_provenance_and_masks(model, args: argparse.Namespace, device: str):
+    """Before any work: the provenance fits the format's header, and with --with-masks the
+    segmenter loads (the segmenter, else None)."""
+    from ctgan.masks import default_segmenter_path, load_mask_segmenter
+    from ctgan.provenance import model_provenance, nifti_fields
+
+    if args.format == "nii.gz":  # the last sample has the longest index
+        nifti_fields(model_provenance(model, args.seed, args.n - 1, inject_scale=args.inject_scale))
+    if not args.with_masks:
+        if args.segmenter is not None:
+            raise UsageError("--segmenter is only used with --with-masks; add --with-masks")
+        return None
+    path = args.segmenter or default_segmenter_path(model)
+    return load_mask_segmenter(path, device)
+
+
+def _write_samples(model, volumes, paths, args: argparse.Namespace, segmenter):
+    """Write the volumes (and, with a segmenter, their masks) with their provenance; print every
+    path written."""
+    from ctgan.masks import write_samples
+
+    written = write_samples(
+        model,
+        volumes,
+        paths,
+        args.seed,
+        scale=tuple(args.scale),
+        inject_scale=args.inject_scale,
+        segmenter=segmenter,
+    )
+    for result in written:
+        for key in ("volume", "lungs", "nodules"):
+            if key in result:
+                print(result[key])
+    return written
 
 
 def _check_sampling_memory(model, args: argparse.Namespace, shape, device: str, precision: str):
@@ -236,20 +296,31 @@ def _check_sampling_memory(model, args: argparse.Namespace, shape, device: str, 
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
-        help="describe a trained model folder: setting, scales, training data, metrics",
+        help="describe a trained model folder, or a volume file's provenance",
         description=(
             "Print what a model folder holds: model, setting, profile, every scale's shape and "
             "spacing, the training scan, and its metrics when found (metrics.json in the folder, "
-            "else the pipeline's metrics/<model>-<setting>.json three levels up)."
+            "else the pipeline's metrics/<model>-<setting>.json three levels up). Given a volume "
+            "file (.nii.gz, .mha, .mhd, .nii, .nrrd), print the ctgan provenance in its header "
+            "(synthetic: model, setting, seeds, version, source seriesuid), or that it has none."
         ),
     )
-    p.add_argument("model_dir", metavar="MODEL_DIR", help=_MODEL_DIR_HELP)
+    p.add_argument(
+        "model_dir", metavar="MODEL_DIR|FILE", help=f"{_MODEL_DIR_HELP}; or a volume file"
+    )
     p.set_defaults(run=_run_info)
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from ctgan.sample import describe_model
+    from pathlib import Path
 
+    from ctgan.sample import GEOMETRY_SUFFIXES, describe_model
+
+    if Path(args.model_dir).is_file() and args.model_dir.lower().endswith(GEOMETRY_SUFFIXES):
+        from ctgan.provenance import describe_file
+
+        print(describe_file(args.model_dir))  # a volume: its ctgan provenance, or none
+        return 0
     model = _load_model_for_cli(args.model_dir, "cpu")
     print(describe_model(model))
     return 0

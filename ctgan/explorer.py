@@ -17,6 +17,7 @@ from pathlib import Path
 import ipywidgets as widgets
 import numpy as np
 
+from ctgan.provenance import Provenance, model_provenance
 from ctgan.slice_viewer import SliceViewer, slice_viewer
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Explorer(widgets.VBox):
         self.export_button = widgets.Button(description="Export .nii.gz", icon="download")
         self.status = widgets.HTML()
         self.rows: dict[str, tuple[str, np.ndarray]] = {}  # slot -> (title, volume [-1, 1])
+        self.provenances: dict[str, Provenance | None] = {}  # slot -> what made it (None: real)
         self.viewer: SliceViewer | None = None
         super().__init__()
         self.load_model(self.model_choice.value)
@@ -133,10 +135,14 @@ class Explorer(widgets.VBox):
         self.scale.value = self.scale.options[len(self.scale.options) // 2]
         self.inject_button.disabled = num_scales < 2
         self.rows = {}
+        self.provenances = {}
         real = _real_volume(self.pyramid_dir, self.trained.scale_shapes[-1])
         if real is not None:
             self.rows["real"] = ("real", real)
         self.rows["reconstruction"] = ("reconstruction", np.asarray(reconstruct(self.trained)))
+        self.provenances["reconstruction"] = model_provenance(
+            self.trained, 0, 0, reconstruction=True
+        )
         self.draw_sample()
 
     def draw_sample(self) -> None:
@@ -145,7 +151,9 @@ class Explorer(widgets.VBox):
 
         seed = int(self.seed.value)
         volume = np.asarray(sample_volumes(self.trained, 1, seed=seed, progress=False)[0])
-        self._set_row("sample", f"sample seed {seed}", volume)
+        self._set_row(
+            "sample", f"sample seed {seed}", volume, model_provenance(self.trained, seed, 0)
+        )
 
     def inject_real(self) -> None:
         """The real volume (the reconstruction when no pyramid matches) injected at the chosen scale."""
@@ -154,7 +162,12 @@ class Explorer(widgets.VBox):
         source = self.rows.get("real", self.rows["reconstruction"])[1]
         scale, seed = int(self.scale.value), int(self.seed.value)
         volume = np.asarray(inject(self.trained, source, scale, n=1, seed=seed, progress=False)[0])
-        self._set_row("injected", f"injected at scale {scale} seed {seed}", volume)
+        self._set_row(
+            "injected",
+            f"injected at scale {scale} seed {seed}",
+            volume,
+            model_provenance(self.trained, seed, 0, inject_scale=scale),
+        )
 
     def current_volume(self) -> np.ndarray:
         """The volume picked in the export dropdown (network range)."""
@@ -173,13 +186,17 @@ class Explorer(widgets.VBox):
             spacing_zyx_mm=self.spacing_zyx_mm,
             origin_xyz_mm=self.origin_xyz_mm,
             direction=self.direction,
+            provenance=self.provenances.get(self.export_choice.value),  # synthetic rows say so
         )
         self.status.value = f"wrote <code>{path}</code>"
         logger.info("exported %s", path)
         return path
 
-    def _set_row(self, slot: str, title: str, volume: np.ndarray) -> None:
+    def _set_row(
+        self, slot: str, title: str, volume: np.ndarray, provenance: Provenance | None = None
+    ) -> None:
         self.rows[slot] = (title, volume)
+        self.provenances[slot] = provenance
         volumes = {row_title: v for row_title, v in self.rows.values()}
         self.export_choice.options = [(row_title, key) for key, (row_title, _) in self.rows.items()]
         self.export_choice.value = slot

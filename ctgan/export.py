@@ -1,6 +1,7 @@
-"""Files of a trained pyramid's volumes: export to .mha / .nii.gz with the source scan's geometry,
-reading an injection volume from a scan file, and the plain-text description of a model
-(``ctgan info``).
+"""Files of a trained pyramid's volumes: export to .mha / .nii.gz with the source scan's geometry
+and a provenance header (``ctgan.provenance``), label maps of the same geometry (paired masks,
+``ctgan.masks``), reading an injection volume from a scan file, and the plain-text description of
+a model (``ctgan info``).
 
 Geometry of exported files (int16 HU): spacing = the finest training level's (for any size
 factor); direction = the source scan's; origin = the source origin moved by half a voxel so that
@@ -19,7 +20,13 @@ import numpy as np
 
 from ctgan.intensity import hu_to_network, network_to_hu_int16
 from ctgan.io import atomic_write
-from ctgan.sample import output_origin_xyz_mm, output_spacing_zyx_mm
+from ctgan.provenance import (
+    NIFTI_INTENT_LABEL,
+    Provenance,
+    metaimage_fields,
+    nifti_fields,
+    stamp_nifti_intent,
+)
 
 if TYPE_CHECKING:
     from ctgan.train import TrainedModel
@@ -62,42 +69,112 @@ def _check_geometry(
         )
 
 
-def export_volume(
-    volume: np.ndarray,
-    path: str | Path,
+def _write_image(
+    array: np.ndarray,
+    path: Path,
     spacing_zyx_mm: Sequence[float],
     origin_xyz_mm: Sequence[float],
     direction: Sequence[float],
+    provenance: Provenance | None,
+    label_map: bool = False,
 ) -> Path:
-    """Write ``volume`` ``(D, H, W)`` in [-1, 1] as int16 HU to ``path`` (.nii.gz or .mha).
-
-    Geometry in SimpleITK's conventions: spacing given as (z, y, x) is written as (x, y, z); origin
-    (x, y, z) in mm and direction (9 floats) as the source scan's. The write is atomic: an
-    interrupted export leaves no file under ``path``.
-    """
-    path = Path(path)
+    """Write ``array`` (z, y, x) with the given geometry and provenance header, atomically."""
     suffix = _suffix(path)
     if suffix not in EXPORT_SUFFIXES:
         raise ValueError(
             f"cannot export to {path.name}: the extension must be one of "
             f"{', '.join(EXPORT_SUFFIXES)}; got {suffix}"
         )
+    if array.ndim != 3:
+        raise ValueError(f"volume must be 3D (D, H, W); got {array.ndim}D with shape {array.shape}")
+    _check_geometry(spacing_zyx_mm, origin_xyz_mm, direction)
+    nifti = nifti_fields(provenance) if provenance is not None and suffix == ".nii.gz" else None
+    import SimpleITK as sitk  # here, not at the top: sampling and evaluation run without it
+
+    image = sitk.GetImageFromArray(array)  # (z, y, x) -> image (x, y, z)
+    image.SetSpacing(tuple(float(v) for v in reversed(tuple(spacing_zyx_mm))))
+    image.SetOrigin(tuple(float(v) for v in origin_xyz_mm))
+    image.SetDirection(tuple(float(v) for v in direction))
+    if provenance is not None and nifti is None:
+        for key, value in metaimage_fields(provenance).items():
+            image.SetMetaData(key, value)
+    if nifti is not None:
+        image.SetMetaData("ITK_FileNotes", nifti["descrip"])  # ITK's key for descrip
+        image.SetMetaData("aux_file", nifti["aux_file"])
+    with atomic_write(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=suffix == ".nii.gz")
+        if nifti is not None:
+            stamp_nifti_intent(tmp, nifti["intent_name"], NIFTI_INTENT_LABEL if label_map else 0)
+    log.debug("wrote %s %s", path, array.shape)
+    return path
+
+
+def export_volume(
+    volume: np.ndarray,
+    path: str | Path,
+    spacing_zyx_mm: Sequence[float],
+    origin_xyz_mm: Sequence[float],
+    direction: Sequence[float],
+    provenance: Provenance | None = None,
+) -> Path:
+    """Write ``volume`` ``(D, H, W)`` in [-1, 1] as int16 HU to ``path`` (.nii.gz or .mha).
+
+    Geometry in SimpleITK's conventions: spacing given as (z, y, x) is written as (x, y, z); origin
+    (x, y, z) in mm and direction (9 floats) as the source scan's. ``provenance`` (a generated
+    volume's; ``ctgan.provenance``) goes into the header. The write is atomic: an interrupted
+    export leaves no file under ``path``.
+    """
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise ValueError(
             f"volume must be 3D (D, H, W); got {volume.ndim}D with shape {volume.shape}"
         )
-    _check_geometry(spacing_zyx_mm, origin_xyz_mm, direction)
-    import SimpleITK as sitk  # here, not at the top: sampling and evaluation run without it
+    return _write_image(
+        network_to_hu_int16(volume),
+        Path(path),
+        spacing_zyx_mm,
+        origin_xyz_mm,
+        direction,
+        provenance,
+    )
 
-    image = sitk.GetImageFromArray(network_to_hu_int16(volume))  # (z, y, x) -> image (x, y, z)
-    image.SetSpacing(tuple(float(v) for v in reversed(tuple(spacing_zyx_mm))))
-    image.SetOrigin(tuple(float(v) for v in origin_xyz_mm))
-    image.SetDirection(tuple(float(v) for v in direction))
-    with atomic_write(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=suffix == ".nii.gz")
-    log.debug("wrote %s %s", path, volume.shape)
-    return path
+
+def export_label_map(
+    mask: np.ndarray,
+    path: str | Path,
+    spacing_zyx_mm: Sequence[float],
+    origin_xyz_mm: Sequence[float],
+    direction: Sequence[float],
+    provenance: Provenance | None = None,
+) -> Path:
+    """Write a boolean ``(D, H, W)`` mask as a uint8 label map (0 background, 1 structure) with
+    the given geometry (as :func:`export_volume`); NIfTI files get intent_code 1002 (label)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3D (D, H, W); got {mask.ndim}D with shape {mask.shape}")
+    return _write_image(
+        mask.astype(bool).astype(np.uint8),
+        Path(path),
+        spacing_zyx_mm,
+        origin_xyz_mm,
+        direction,
+        provenance,
+        label_map=True,
+    )
+
+
+def model_geometry(
+    model: TrainedModel, scale: Sequence[float] = (1.0, 1.0, 1.0)
+) -> tuple[tuple[float, float, float], tuple[float, float, float], list[float]]:
+    """``(spacing_zyx_mm, origin_xyz_mm, direction)`` of ``model``'s samples of size ``scale``."""
+    # here, not at the top: ctgan.sample re-exports this module (either can be imported first)
+    from ctgan.sample import output_origin_xyz_mm, output_spacing_zyx_mm
+
+    return (
+        output_spacing_zyx_mm(model, scale),
+        output_origin_xyz_mm(model),
+        [float(v) for v in model.source["direction"]],
+    )
 
 
 def export_model_volume(
@@ -105,16 +182,10 @@ def export_model_volume(
     volume: np.ndarray,
     path: str | Path,
     scale: Sequence[float] = (1.0, 1.0, 1.0),
+    provenance: Provenance | None = None,
 ) -> Path:
     """:func:`export_volume` with ``model``'s output spacing and origin and its source direction."""
-    source = model.source
-    return export_volume(
-        volume,
-        path,
-        output_spacing_zyx_mm(model, scale),
-        output_origin_xyz_mm(model),
-        source["direction"],
-    )
+    return export_volume(volume, path, *model_geometry(model, scale), provenance=provenance)
 
 
 def read_injection_volume(path: str | Path, model: TrainedModel | None = None) -> np.ndarray:

@@ -97,6 +97,7 @@ def untrained_smoke_model(seed: int = 0, model_dir: Path | None = None):
             "shape_zyx": [10, 60, 60],
         },
         model_dir=model_dir,
+        seed=seed,
     )
 
 

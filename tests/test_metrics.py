@@ -108,3 +108,29 @@ def test_compute_metrics_without_segmenter_runs_all_but_the_frechet_distances(re
         np.mean(results["per_sample"]["body_hu_wasserstein"])
     )
     assert results["per_sample"]["body_hu_wasserstein"][0] == 0.0
+
+
+def test_lung_mask_dice_is_opt_in_and_needs_a_segmenter_that_knows_its_crop_size(segmenter, real):
+    from ctgan.segmenter import Segmenter, freeze
+
+    torch.manual_seed(0)
+    loaded = freeze(Segmenter(base_channels=4, levels=2))
+    loaded.crop_size = (4, 16, 16)  # as ctgan.segmenter.load_segmenter sets it from the file
+    noisy = np.clip(real + np.random.default_rng(5).normal(0, 0.3, real.shape), -1, 1)
+    inputs = metrics.MetricInputs(real, real, np.stack([real, real, noisy]), SPACING, loaded)
+    assert "lung_mask_dice" not in metrics.available_metrics(inputs)  # asked for by name only
+    results = metrics.compute_metrics(inputs, ["lung_mask_dice"])
+    values = results["per_sample"]["lung_mask_dice"]
+    assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)
+    assert values[0] == values[1] == results["realism"]["lung_mask_dice_real"]  # copies of real
+    assert results["realism"]["lung_mask_dice"] == pytest.approx(np.mean(values))
+    assert results["realism"]["lung_mask_dice_min"] == min(values)
+    with pytest.raises(ValueError, match=r"does not know the crop size it was trained on"):
+        metrics.compute_metrics(
+            metrics.MetricInputs(real, real, inputs.samples, SPACING, segmenter),
+            ["lung_mask_dice"],
+        )
+    with pytest.raises(ValueError, match=r"metric lung_mask_dice needs the frozen segmenter"):
+        metrics.compute_metrics(
+            metrics.MetricInputs(real, real, inputs.samples, SPACING), ["lung_mask_dice"]
+        )

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from ctgan.explorer import Explorer, compare_settings, find_models, resolve_project_path
+from ctgan.provenance import read_provenance
 from ctgan.slice_viewer import (
     WINDOW_PRESETS,
     SliceViewer,
@@ -184,7 +185,13 @@ def fake_trained(name: str) -> types.SimpleNamespace:
         name=name,
         scale_shapes=SHAPES,
         scale_spacings_zyx_mm=[(12.0, 2.5, 1.25), (6.0, 2.0, 1.0), SPACING],
-        source={"origin_xyz_mm": [-5.0, 6.0, 7.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]},
+        source={
+            "origin_xyz_mm": [-5.0, 6.0, 7.0],
+            "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+            "seriesuid": "1.2.3",
+        },
+        config=types.SimpleNamespace(model=name[:2], setting=name, profile="smoke"),
+        seed=0,
     )
 
 
@@ -253,6 +260,15 @@ def test_explorer_samples_injects_and_exports(fake_pipeline):
         sitk.GetArrayFromImage(image), np.rint(to_hu(app.current_volume())).astype(np.int16)
     )
     assert str(path) in app.status.value
+    record = read_provenance(path)  # the export says it is synthetic, and what made it
+    assert (record.setting, record.mode, record.sample_seed) == ("3d-D", "sample", 4)
+    app.export_choice.value = "injected"
+    app.export_button.click()
+    record = read_provenance(root / "s" / "3d-D-seed0-injected-at-scale-2-seed-4.nii.gz")
+    assert (record.mode, record.inject_scale) == ("inject", 2)
+    app.export_choice.value = "reconstruction"
+    app.export_button.click()
+    assert read_provenance(root / "s" / "3d-D-seed0-reconstruction.nii.gz").mode == "reconstruction"
     app.model_choice.value = "2d-B/seed0"
     assert calls[-1] == ("sample", "2d-B", 4)
 
@@ -264,9 +280,14 @@ def test_explorer_shows_the_real_volume_when_the_pyramid_matches(fake_pipeline, 
     preprocess = types.ModuleType("ctgan.preprocess")
     preprocess.load_pyramid = lambda path: types.SimpleNamespace(volumes=[np.zeros(1), real])
     monkeypatch.setitem(sys.modules, "ctgan.preprocess", preprocess)
-    app = Explorer(root / "models", pyramid_dir=root / "pyramid", model="2d-B")
+    app = Explorer(
+        root / "models", pyramid_dir=root / "pyramid", model="2d-B", samples_dir=root / "s"
+    )
     assert list(app.viewer.volumes_hu) == ["real", "reconstruction", "sample seed 0"]
     np.testing.assert_allclose(app.viewer.volumes_hu["real"], to_hu(real))
+    app.export_choice.value = "real"  # the training volume is real: no synthetic mark
+    app.export_button.click()
+    assert read_provenance(root / "s" / "2d-B-seed0-real.nii.gz") is None
     comparison = compare_settings(root / "models", seed=1, pyramid_dir=root / "pyramid")
     assert list(comparison.volumes_hu) == [
         "real",
