@@ -128,7 +128,7 @@ def _submit_local(pending: Sequence[StudyJob], settings: dict[str, Any], folder:
 
 
 def _submit_slurm(pending: Sequence[StudyJob], settings: dict[str, Any], folder: Path) -> list:
-    executor = submitit.SlurmExecutor(folder=folder / "%A_%a", max_num_timeout=30)
+    executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=30)
     parameters = {
         "time": int(settings["time_min"]),
         "cpus_per_task": int(settings["cpus_per_job"]),
@@ -154,7 +154,11 @@ def _wait(submitted: Sequence[Any], array_id: str | None, poll_s: float) -> None
     """Until every submitit job has a result, or (SLURM) the array has left the queue for 60 s:
     a task killed without a result (cancelled, node lost) never gets one, and sacct may be absent."""
     gone_since = None
-    while not all(job.done() for job in submitted):
+
+    def finished(job: Any) -> bool:  # SLURM: the result file only (job.done() would ask sacct)
+        return job.paths.result_pickle.exists() if array_id is not None else job.done()
+
+    while not all(finished(job) for job in submitted):
         if array_id is not None:
             queue = subprocess.run(
                 ["squeue", "-h", "-j", array_id, "-o", "%i"], capture_output=True, text=True

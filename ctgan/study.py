@@ -36,6 +36,7 @@ from ctgan.runlock import RunFolderLock
 
 log = logging.getLogger(__name__)
 
+_SCAN_SUFFIXES = (".mhd", ".raw", ".zraw", ".csv")
 MARKER = "study.json"  # in a finished model folder: the job and its key
 METRICS_FILE = "metrics.json"
 _STUDY_KEYS = (
@@ -210,9 +211,29 @@ def scan_list(study: Study) -> list[str]:
     return list(study.scans)
 
 
-def pyramid_folder(study: Study, uid: str, pyramid: PyramidConfig) -> Path:
-    """Where one scan's pyramid for one pyramid config lives (shared by every job on it)."""
-    text = json.dumps(asdict(pyramid), sort_keys=True).encode()
+def scan_files(data_dir: Path) -> dict[str, list[Path]]:
+    """Every file of a LUNA16-layout folder by name stem (a scan's .mhd/.raw, its lung mask),
+    listed once for the whole study."""
+    index: dict[str, list[Path]] = {}
+    for path in sorted(data_dir.rglob("*")):
+        suffix = next((s for s in _SCAN_SUFFIXES if path.name.endswith(s)), None)
+        if suffix is not None and path.is_file():
+            index.setdefault(path.name.removesuffix(suffix), []).append(path)
+    return index
+
+
+def pyramid_folder(
+    study: Study, uid: str, pyramid: PyramidConfig, files: dict[str, list[Path]] | None = None
+) -> Path:
+    """Where one scan's pyramid for one pyramid config lives (shared by every job on it). The name
+    hashes the pyramid config and the size and modification time of the scan's files and of
+    annotations.csv, so a rewritten scan is preprocessed again (cheap: no file is read)."""
+    files = scan_files(study.data_dir) if files is None else files
+    stats = [
+        (str(p.relative_to(study.data_dir)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in [*files.get(uid, []), *files.get("annotations", [])]
+    ]
+    text = json.dumps({"pyramid": asdict(pyramid), "files": stats}, sort_keys=True).encode()
     return study.preprocessed_dir / f"{uid}-{hashlib.sha256(text).hexdigest()[:8]}"
 
 
@@ -245,6 +266,7 @@ def expand_jobs(study: Study, uids: Sequence[str], *, with_keys: bool = True) ->
     (:func:`prepare_pyramids`); without it the jobs' keys are empty."""
     source = "phantom" if (study.data_dir / "phantom.json").is_file() else "luna16"
     points = grid_points(study.grid)
+    files = scan_files(study.data_dir)
     jobs = []
     for uid, setting, (g, point), seed in itertools.product(
         uids, study.settings, enumerate(points), study.seeds
@@ -254,7 +276,7 @@ def expand_jobs(study: Study, uids: Sequence[str], *, with_keys: bool = True) ->
             set_dotted(params, key, value)
         params["data"] = {"source": source, "seriesuid": uid}
         cfg = resolve_config(params, setting=setting, profile=study.profile)
-        pyramid_dir = pyramid_folder(study, uid, cfg.pyramid)
+        pyramid_dir = pyramid_folder(study, uid, cfg.pyramid, files)
         label = f"-g{g}" if len(points) > 1 else ""
         name = f"{uid}__{setting}{label}-seed{seed}"
         job = StudyJob(
