@@ -25,7 +25,7 @@ from typing import Any
 
 import submitit
 
-from ctgan.runlock import RunFolderBusy
+from ctgan.runlock import AncestorWatch, RunFolderBusy
 from ctgan.study import StudyJob, is_finished, run_job
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,15 @@ def executor_settings(section: dict[str, Any] | None) -> tuple[str, dict[str, An
 class LocalWorker(submitit.helpers.Checkpointable):
     """One local worker: every job no other worker holds, in order, with ``threads`` threads."""
 
-    def __call__(self, jobs: Sequence[StudyJob], threads: int) -> list[str]:
+    def __call__(self, jobs: Sequence[StudyJob], threads: int, submitter: int = 0) -> list[str]:
+        # the study that started this worker: when it is gone (killed, Ctrl-C), stop too
+        watch = AncestorWatch.up_to(submitter)
+        log.info("local worker: %s", watch.describe())
         done = []
         for job in jobs:
+            watch.check(0.0)
             try:
-                done.append(run_job(job, threads))
+                done.append(run_job(job, threads, [lambda row: watch.check()]))
             except RunFolderBusy:
                 log.info("job %s is held by another worker; next", job.name)
         return done
@@ -121,7 +125,10 @@ def _submit_local(pending: Sequence[StudyJob], settings: dict[str, Any], folder:
     os.environ.update(env)  # the workers inherit the environment at submission
     try:
         count = min(workers, len(pending))
-        return [executor.submit(LocalWorker(), list(pending), threads) for _ in range(count)]
+        return [
+            executor.submit(LocalWorker(), list(pending), threads, os.getpid())
+            for _ in range(count)
+        ]
     finally:
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)

@@ -329,11 +329,11 @@ def is_finished(job: StudyJob) -> bool:
     return marker.is_file() and read_json(marker).get("key") == job.key
 
 
-def run_job(job: StudyJob, threads: int | None = None) -> str:
+def run_job(job: StudyJob, threads: int | None = None, callbacks: Sequence[Any] = ()) -> str:
     """Train, evaluate and publish one job (see the module docstring); returns its model folder.
 
     Logs to ``job.log_path`` (appended: a requeued job continues the same file). A second process
-    on the same job raises ``ctgan.runlock.RunFolderBusy``.
+    on the same job raises ``ctgan.runlock.RunFolderBusy``. ``callbacks`` go to ``train_model``.
     """
     import torch
 
@@ -357,7 +357,7 @@ def run_job(job: StudyJob, threads: int | None = None) -> str:
         work_root = ensure_writable_dir(job.work_root)
         with RunFolderLock(work_root / f".{job.name}.lock", job.name):
             if not is_finished(job):
-                _train_and_publish(job, work_root, torch.get_num_threads())
+                _train_and_publish(job, work_root, torch.get_num_threads(), callbacks)
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
@@ -365,7 +365,9 @@ def run_job(job: StudyJob, threads: int | None = None) -> str:
     return job.model_dir
 
 
-def _train_and_publish(job: StudyJob, work_root: Path, threads: int) -> None:
+def _train_and_publish(
+    job: StudyJob, work_root: Path, threads: int, callbacks: Sequence[Any] = ()
+) -> None:
     from ctgan.evaluate import evaluate_trained
     from ctgan.preprocess import load_pyramid
     from ctgan.train import load_trained, resolve_device, train_model
@@ -391,7 +393,7 @@ def _train_and_publish(job: StudyJob, work_root: Path, threads: int) -> None:
             f"set study.segmenter to a segmenter.pt (the main pipeline's models/segmenter)"
         )
     pyramid = load_pyramid(job.pyramid_dir)
-    train_model(cfg, pyramid, work, job.seed, segmenter)
+    train_model(cfg, pyramid, work, job.seed, segmenter, callbacks)
     model = load_trained(work, device)
     real, spacing = pyramid.volumes[-1], tuple(pyramid.spacings_zyx_mm[-1])
     num_samples = cfg.evaluate.num_samples

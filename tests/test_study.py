@@ -294,3 +294,20 @@ def test_a_rewritten_scan_gets_a_new_pyramid_folder(tmp_path, tiny_phantom):
     header = next(p for p in files[uid] if p.suffix == ".mhd")
     header.write_text(header.read_text() + "\n")
     assert st.pyramid_folder(study, uid, cfg.pyramid) != before
+
+
+def test_ancestor_watch_up_to_the_submitter():
+    import os
+
+    from ctgan.runlock import AncestorWatch
+
+    watch = AncestorWatch.up_to(os.getppid())
+    assert [pid for pid, _, _ in watch.chain] == [os.getppid()]
+    assert AncestorWatch.up_to(-5).chain == []
+
+
+def test_cli_study_reports_a_missing_file(tmp_path, capsys):
+    from ctgan.cli import main
+
+    assert main(["study", str(tmp_path / "none.yaml")]) == 2
+    assert "study file" in capsys.readouterr().err
