@@ -358,6 +358,9 @@ def run_job(job: StudyJob, threads: int | None = None, callbacks: Sequence[Any] 
         with RunFolderLock(work_root / f".{job.name}.lock", job.name):
             if not is_finished(job):
                 _train_and_publish(job, work_root, torch.get_num_threads(), callbacks)
+    except Exception:  # into the job's own log too, not only the executor's stderr
+        log.exception("job %s failed", job.name)
+        raise
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)

@@ -311,3 +311,26 @@ def test_cli_study_reports_a_missing_file(tmp_path, capsys):
 
     assert main(["study", str(tmp_path / "none.yaml")]) == 2
     assert "study file" in capsys.readouterr().err
+
+
+def test_run_jobs_names_the_jobs_that_did_not_finish(tmp_path):
+    from ctgan.executors import run_jobs
+
+    # fails in its worker: a segmentation setting and no segmenter
+    job = fake_job(tmp_path, name="scan1__3d-D-seed0", setting="3d-D")
+    settings = {"workers": 1, "threads_per_worker": 1}
+    with pytest.raises(RuntimeError, match="1 of 1 jobs did not finish \\(scan1__3d-D-seed0\\)"):
+        run_jobs([job], "local", settings, tmp_path / "submitit")
+    assert "failed" in (text := Path(job.log_path).read_text()) and "segmentation term" in text
+
+
+def test_cli_study_reports_unfinished_jobs_with_status_1(monkeypatch, capsys):
+    import ctgan.executors
+    from ctgan.cli import main
+
+    def fail(path, kind=None):
+        raise RuntimeError("2 of 4 jobs did not finish")
+
+    monkeypatch.setattr(ctgan.executors, "run_study", fail)
+    assert main(["study", "x.yaml", "--executor", "slurm"]) == 1
+    assert "ctgan study: error: 2 of 4 jobs did not finish" in capsys.readouterr().err
