@@ -93,7 +93,7 @@ class Study:
     base_params: dict[str, Any]
     profile: str | None
     data_dir: Path
-    scans: list[str]
+    scans: list[str] | str  # "all" or seriesuids
     settings: list[str]
     seeds: list[int]
     overrides: dict[str, Any]
