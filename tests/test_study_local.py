@@ -101,3 +101,58 @@ def test_killed_study_reruns_nothing_finished(tmp_path, tiny_phantom):
     table = pd.read_csv(study.results_dir / "results.tsv", sep="\t")
     assert sorted(table["name"]) == sorted(j.name for j in jobs)
     assert table["reconstruction.psnr"].notna().all()
+
+
+def test_dvc_repro_of_the_study_pipeline_leaves_a_model_per_scan(tmp_path):
+    """`dvc repro studies/many-scans/dvc.yaml` in a copy of the repository (2 phantom scans)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    repo = tmp_path / "repo"
+    for name in (n for n in listed if (REPO / n).is_file()):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes((REPO / name).read_bytes())
+    study_params = repo / "studies" / "many-scans" / "params.yaml"
+    params = yaml.safe_load(study_params.read_text())
+    params["phantom"].update(scans=2, size=64)
+    params["study"]["settings"] = ["3d-B"]
+    params["executor"]["local"] = {"workers": 2, "threads_per_worker": 1}
+    study_params.write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
+        subprocess.run(cmd, cwd=repo, env=env, check=True)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    result = subprocess.run(
+        [dvc, "repro", "studies/many-scans/dvc.yaml"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study_dir = repo / "studies" / "many-scans"
+    models = sorted(study_dir.glob("models/*/study.json"))
+    assert len(models) == 2
+    table = pd.read_csv(study_dir / "results" / "results.tsv", sep="\t")
+    assert len(table) == 2 and table["scan"].nunique() == 2
+    summary = pd.read_csv(study_dir / "results" / "summary.tsv", sep="\t")
+    psnr = summary[summary["metric"] == "reconstruction.psnr"].iloc[0]
+    assert psnr["n"] == 2 and psnr["mean"] == table["reconstruction.psnr"].mean()
+    again = subprocess.run(
+        [dvc, "repro", "studies/many-scans/dvc.yaml"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0 and "didn't change" in again.stdout, again.stdout[-2000:]
