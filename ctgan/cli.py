@@ -1,4 +1,4 @@
-"""The ``ctgan`` command: ``ctgan phantom``, ``ctgan sample``, ``ctgan info``.
+"""The ``ctgan`` command: ``ctgan phantom``, ``ctgan sample``, ``ctgan info``, ``ctgan study``, ...
 
 Each subcommand is a small ``_add_<name>`` function that declares its arguments and a ``_run_<name>``
 that checks them and calls the package. Bad input exits with status 2 and one clear line on stderr.
@@ -396,6 +396,40 @@ def _run_check_params(args: argparse.Namespace) -> int:
 
 
 _SUBCOMMANDS += [_add_check_params]
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "study",
+        help="run many trainings (one model per scan, a sweep) and aggregate their metrics",
+        description=(
+            "Run the study of STUDY_PARAMS (e.g. studies/many-scans/params.yaml): preprocess its "
+            "scans once, train and evaluate every (scan, setting, grid point, seed) not finished "
+            "yet on the executor of its executor: section, wait, write results/. Rerunning skips "
+            "finished jobs and resumes unfinished ones after their last finished scale."
+        ),
+    )
+    parser.add_argument("study_params", metavar="STUDY_PARAMS")
+    parser.add_argument(
+        "--executor", choices=("local", "slurm"), help="override executor.kind of the study file"
+    )
+    parser.set_defaults(run=_run_study)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from ctgan.executors import run_study
+
+    try:
+        paths = run_study(args.study_params, kind=args.executor)
+    except RuntimeError as err:  # jobs that did not finish: their names and where the logs are
+        print(f"ctgan study: error: {err}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+_SUBCOMMANDS += [_add_study]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

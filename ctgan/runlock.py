@@ -128,6 +128,22 @@ class AncestorWatch:
             pid = parent
         return cls([])
 
+    @classmethod
+    def up_to(cls, ancestor: int, max_depth: int = 8) -> AncestorWatch:
+        """The chain from this process's parent up to process ``ancestor`` (e.g. the ``ctgan
+        study`` that started a local worker); empty when it is not an ancestor within reach."""
+        chain: list[tuple[int, int, str]] = []
+        pid = os.getppid()
+        for _ in range(max_depth):
+            stat = _stat(pid)
+            if stat is None or pid <= 1:
+                return cls([])
+            chain.append((pid, stat[1], stat[0]))
+            if pid == ancestor:
+                return cls(chain)
+            pid = stat[1]
+        return cls([])
+
     def describe(self) -> str:
         if not self.chain:
             return "no dvc process above this one: not watched"

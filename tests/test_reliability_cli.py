@@ -23,7 +23,10 @@ def test_no_subcommand_prints_usage_on_stderr_and_exits_2(capsys):
     assert code == 2
     assert out == ""
     assert err.startswith("usage: ctgan")
-    assert "ctgan: error: a command is required (one of sample, info, phantom, check-params)" in err
+    assert (
+        "ctgan: error: a command is required (one of sample, info, phantom, check-params, study)"
+        in err
+    )
 
 
 def test_sample_refuses_to_replace_existing_files(capsys, fake_dir, tmp_path, no_work):
