@@ -79,6 +79,12 @@ def main() -> None:
     )
     parser.add_argument("--setting", default="3d-C", help="the many-scans study's setting")
     parser.add_argument("--out", default=str(RESULTS), help="folder of workers.json and .md")
+    parser.add_argument(
+        "--studies",
+        choices=("both", "ablation", "many-scans"),
+        default="both",
+        help="which studies to time (default both)",
+    )
     args = parser.parse_args()
     cfg = load_config(ROOT / "params.yaml", profile=args.profile)
     segmenter = Path(args.segmenter)
@@ -98,6 +104,12 @@ def main() -> None:
             "ablation (8 settings, 1 scan)": {"scans": [first], "settings": list(SETTINGS)},
             f"many scans ({args.setting}, {args.scans} scans)": {"settings": [args.setting]},
         }
+        if args.studies != "both":
+            studies = {
+                name: spec
+                for name, spec in studies.items()
+                if name.startswith("ablation") == (args.studies == "ablation")
+            }
         for name, spec in studies.items():
             spec = {**spec, "seeds": [0], "segmenter": str(segmenter.resolve())}
             results[name] = [run_case(root, data, cfg.profile, spec, w, t) for w, t in LAYOUTS]
