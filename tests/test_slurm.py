@@ -69,7 +69,8 @@ def write_study_file(root: Path, name: str, data_dir: Path, executor: dict) -> P
         "data_dir": str(data_dir),
         "settings": ["3d-B"],
         "seeds": [0],
-        "overrides": {"train.iterations_per_scale": 10},
+        # scale 0 short, the last scale long (100 iterations): the requeue lands mid-scale
+        "overrides": {"train.iterations_per_scale": 10, "train.finest_iterations_factor": 5},
         "preprocessed_dir": str(root / "preprocessed"),
         "out_dir": f"{name}/models",
         "work_dir": f"{name}/work",
