@@ -75,11 +75,12 @@ GPNN_NAME = "gpnn"
 GPNN_LABEL = "GPNN (no training)"
 REAL_LABEL = "real (training volume)"
 # The train keys of the seed's procedure: any other key in a model's recorded config.train is a
-# realism switch the report names (read defensively: a metrics file may predate a switch).
+# realism switch the report names (read defensively: a metrics file may predate a switch). The
+# learning rate is not among them: a profile's lr other than the seed's (the cpu profile's 2e-3,
+# README departure 18) is named too.
 SEED_TRAIN_KEYS = frozenset(
     {
         "iterations_per_scale",
-        "lr",
         "betas",
         "lr_decay_fraction",
         "lr_decay_factor",

@@ -102,6 +102,10 @@ def test_procedure_text_names_the_profile_and_any_realism_switch(one_result):
     assert "3d-B: profile `smoke`, realism switches `realism: {'start_scale': 1}`" in text
     assert "`train.noise_amplitude_scale: 0.1`" in text
     assert "3d-A, 3d-C, 3d-D: profile `smoke`, the seed's training procedure" in text
+    metrics["3d-C"]["config"]["train"]["lr"] = 0.002  # the cpu profile's, not the seed's 5e-4
+    assert "3d-C: profile `smoke`, realism switches `train.lr: 0.002`" in tables.procedure_text(
+        metrics, names
+    )
     del metrics["3d-A"]["config"]
     assert "(training config not recorded)" in tables.procedure_text(metrics, ["3d-A"])
 
