@@ -25,6 +25,7 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -114,6 +115,20 @@ class AncestorWatch:
     def for_pipeline(cls, max_depth: int = 8) -> AncestorWatch:
         """The chain from this process's parent up to the nearest ``dvc`` process; empty (nothing
         watched) when there is none within ``max_depth`` levels or /proc is not available."""
+        return cls._chain_up_to(_is_dvc, "dvc", max_depth)
+
+    @classmethod
+    def up_to(cls, ancestor: int, max_depth: int = 8) -> AncestorWatch:
+        """The chain from this process's parent up to process ``ancestor`` (e.g. the ``ctgan
+        study`` that started a local worker); empty when it is not an ancestor within reach."""
+        return cls._chain_up_to(lambda pid: pid == ancestor, None, max_depth)
+
+    @classmethod
+    def _chain_up_to(
+        cls, is_top: Callable[[int], bool], top_name: str | None, max_depth: int
+    ) -> AncestorWatch:
+        """Walk up from this process's parent to the first process ``is_top`` accepts (named
+        ``top_name`` in the chain when given); empty when none is found within ``max_depth``."""
         chain: list[tuple[int, int, str]] = []
         pid = os.getppid()
         for _ in range(max_depth):
@@ -121,27 +136,11 @@ class AncestorWatch:
             if stat is None or pid <= 1:
                 return cls([])
             name, parent, _state = stat
-            dvc = _is_dvc(pid)
-            chain.append((pid, parent, "dvc" if dvc else name))
-            if dvc:
+            top = is_top(pid)
+            chain.append((pid, parent, top_name if top and top_name else name))
+            if top:
                 return cls(chain)
             pid = parent
-        return cls([])
-
-    @classmethod
-    def up_to(cls, ancestor: int, max_depth: int = 8) -> AncestorWatch:
-        """The chain from this process's parent up to process ``ancestor`` (e.g. the ``ctgan
-        study`` that started a local worker); empty when it is not an ancestor within reach."""
-        chain: list[tuple[int, int, str]] = []
-        pid = os.getppid()
-        for _ in range(max_depth):
-            stat = _stat(pid)
-            if stat is None or pid <= 1:
-                return cls([])
-            chain.append((pid, stat[1], stat[0]))
-            if pid == ancestor:
-                return cls(chain)
-            pid = stat[1]
         return cls([])
 
     def describe(self) -> str:
