@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from test_pipeline import tracked_files
 
 from ctgan.study import expand_jobs, is_finished, load_study, scan_list
 
@@ -105,15 +106,8 @@ def test_killed_study_reruns_nothing_finished(tmp_path, tiny_phantom):
 
 def test_dvc_repro_of_the_study_pipeline_leaves_a_model_per_scan(tmp_path):
     """`dvc repro studies/many-scans/dvc.yaml` in a copy of the repository (2 phantom scans)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
     repo = tmp_path / "repo"
-    for name in (n for n in listed if (REPO / n).is_file()):
+    for name in tracked_files():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_bytes((REPO / name).read_bytes())
     study_params = repo / "studies" / "many-scans" / "params.yaml"
@@ -131,14 +125,18 @@ def test_dvc_repro_of_the_study_pipeline_leaves_a_model_per_scan(tmp_path):
     ):
         subprocess.run(cmd, cwd=repo, env=env, check=True)
     dvc = str(Path(sys.executable).parent / "dvc")
-    result = subprocess.run(
-        [dvc, "repro", "studies/many-scans/dvc.yaml"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+
+    def repro() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [dvc, "repro", "studies/many-scans/dvc.yaml"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
+    result = repro()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study_dir = repo / "studies" / "many-scans"
     models = sorted(study_dir.glob("models/*/study.json"))
@@ -148,11 +146,5 @@ def test_dvc_repro_of_the_study_pipeline_leaves_a_model_per_scan(tmp_path):
     summary = pd.read_csv(study_dir / "results" / "summary.tsv", sep="\t")
     psnr = summary[summary["metric"] == "reconstruction.psnr"].iloc[0]
     assert psnr["n"] == 2 and psnr["mean"] == table["reconstruction.psnr"].mean()
-    again = subprocess.run(
-        [dvc, "repro", "studies/many-scans/dvc.yaml"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    again = repro()
     assert again.returncode == 0 and "didn't change" in again.stdout, again.stdout[-2000:]
