@@ -1,8 +1,11 @@
-"""The run configuration: frozen dataclasses and ``load_config``, the only reader of params.yaml.
+"""The run configuration: the frozen :class:`Config` and ``load_config``, the only reader of params.yaml.
 
 A resolved :class:`Config` is the active profile's numbers, overridden by the non-null values of
 the top-level sections of params.yaml, then by the chosen setting's own keys. It never changes
 after it is built; derived values (scale shapes, number of scales) come from pure functions.
+The sections themselves (one checked dataclass each) and the names of the valid choices are in
+:mod:`ctgan.sections`; they are re-exported here, so ``from ctgan.config import TrainConfig``
+keeps working.
 """
 
 from __future__ import annotations
@@ -16,227 +19,56 @@ from typing import Any
 
 import yaml
 
-PROFILES = ("smoke", "cpu", "paper")
-DATA_SOURCES = ("phantom", "luna16")
-MODELS = ("3d", "2d")
-SETTING_LETTERS = ("A", "B", "C", "D")
-SETTINGS = tuple(f"{m}-{s}" for m in MODELS for s in SETTING_LETTERS)
-LOSS_TERMS = ("adversarial", "reconstruction", "projection", "segmentation")
-ADVERSARIAL_LOSSES = ("lsgan", "wgangp", "zerogp")
-PROJECTION_MODES = ("mean", "edge")
-PRECISIONS = ("float32", "bf16", "reference")
-DEVICES = ("auto", "cpu", "cuda")
+from ctgan.sections import (
+    ADVERSARIAL_LOSSES,
+    DATA_SOURCES,
+    DEVICES,
+    LOSS_TERMS,
+    MODELS,
+    PRECISIONS,
+    PROFILES,
+    PROJECTION_MODES,
+    SETTING_LETTERS,
+    SETTINGS,
+    DataConfig,
+    EvaluateConfig,
+    GpnnConfig,
+    LossWeights,
+    PyramidConfig,
+    SegmenterConfig,
+    TrainConfig,
+    _choice,
+)
 
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0; got {value!r}")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the scans come from. ``source`` picks the phantom or a LUNA16 folder."""
-
-    source: str = "phantom"
-    phantom_dir: str = "data/phantom"
-    phantom_scans: int = 4
-    phantom_seed: int = 0
-    phantom_size: int = 256
-    luna16_dir: str = "data/luna16"
-    seriesuid: str = ""
-
-    def __post_init__(self) -> None:
-        _choice("data.source", self.source, DATA_SOURCES)
-        if self.phantom_scans < 1:
-            raise ValueError(f"data.phantom_scans must be >= 1; got {self.phantom_scans}")
-        if self.phantom_size < 64:
-            raise ValueError(f"data.phantom_size must be >= 64 voxels; got {self.phantom_size}")
-
-    @property
-    def root(self) -> Path:
-        """The LUNA16-layout folder of the active source, as written in params.yaml."""
-        return Path(self.phantom_dir if self.source == "phantom" else self.luna16_dir)
-
-    def root_for(self, params_path: str | Path) -> Path:
-        """:attr:`root` resolved against the folder of ``params_path`` (a relative path in
-        params.yaml means relative to params.yaml, wherever the notebook runs)."""
-        return Path(params_path).resolve().parent / self.root
-
-
-@dataclass(frozen=True)
-class PyramidConfig:
-    """The scale pyramid: in-plane size S_s = int(min_size * scale_factor**s), depth int(S_s / depth_ratio)."""
-
-    min_size: int = 28
-    max_size: int = 140
-    scale_factor: float = 1.5
-    depth_ratio: float = 6.0
-
-    def __post_init__(self) -> None:
-        if self.min_size < 8:
-            raise ValueError(f"pyramid.min_size must be >= 8 voxels; got {self.min_size}")
-        if self.max_size < self.min_size:
-            raise ValueError(
-                f"pyramid.max_size ({self.max_size}) must be >= pyramid.min_size ({self.min_size})"
-            )
-        if not self.scale_factor > 1:
-            raise ValueError(
-                f"pyramid.scale_factor must be > 1 (each scale larger than the last); "
-                f"got {self.scale_factor}"
-            )
-        _positive("pyramid.depth_ratio", self.depth_ratio)
-        if int(self.min_size / self.depth_ratio) < 1:
-            raise ValueError(
-                f"pyramid.depth_ratio {self.depth_ratio} gives depth 0 at min_size "
-                f"{self.min_size}; use depth_ratio <= {self.min_size}"
-            )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Progressive GAN training (paper defaults in the `paper` profile, ctgan-facts §4)."""
-
-    iterations_per_scale: int = 1000
-    lr: float = 5e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    lr_decay_fraction: float = 0.8
-    lr_decay_factor: float = 0.1
-    g_steps: int = 3
-    d_steps: int = 3
-    adversarial_loss: str = "lsgan"
-    projection_mode: str = "mean"
-    generator_channels: int = 32
-    discriminator_channels: int = 16
-    slice_generator_channels: int = 256
-    precision: str = "float32"
-    device: str = "auto"
-    seeds: int = 1
-    log_every: int = 10
-    # Realism switch (not in the seed, which samples from scale 0): random samples start at this
-    # scale from the real volume of the scale below (SinGAN's gen_start_scale); 0 = pure noise.
-    sample_start_scale: int = 0
-    # Realism switches of training (docs/realism.md). The noise amplitude of scale s >= 1 is this
-    # factor x RMSE(up(rec_{s-1}), x_s): the seed 1.0, official SinGAN and ConSinGAN 0.1.
-    noise_amplitude_factor: float = 1.0
-    # The finest scale trains this factor x its iterations_per_scale * (s + 1) (the seed: 1).
-    finest_iterations_factor: float = 1.0
-
-    def __post_init__(self) -> None:
-        _positive("train.noise_amplitude_factor", self.noise_amplitude_factor)
-        _positive("train.finest_iterations_factor", self.finest_iterations_factor)
-        if self.sample_start_scale < 0:
-            raise ValueError(
-                f"train.sample_start_scale must be >= 0 (0 = random from pure noise at the "
-                f"coarsest scale); got {self.sample_start_scale}"
-            )
-        for name in ("iterations_per_scale", "g_steps", "d_steps", "seeds", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1; got {getattr(self, name)}")
-        for name in ("generator_channels", "discriminator_channels", "slice_generator_channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1; got {getattr(self, name)}")
-        _positive("train.lr", self.lr)
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"train.betas must be two numbers in [0, 1); got {list(self.betas)}")
-        if not 0 < self.lr_decay_fraction <= 1:
-            raise ValueError(
-                f"train.lr_decay_fraction must be in (0, 1]; got {self.lr_decay_fraction}"
-            )
-        _positive("train.lr_decay_factor", self.lr_decay_factor)
-        _choice("train.adversarial_loss", self.adversarial_loss, ADVERSARIAL_LOSSES)
-        _choice("train.projection_mode", self.projection_mode, PROJECTION_MODES)
-        _choice("train.precision", self.precision, PRECISIONS)
-        _choice("train.device", self.device, DEVICES)
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    """The frozen segmenter behind the segmentation term (a small 3D U-Net)."""
-
-    crop_size: tuple[int, int, int] = (16, 96, 96)
-    base_channels: int = 16
-    iterations: int = 3000
-    batch_size: int = 4
-    lr: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if len(self.crop_size) != 3 or any(int(c) < 4 for c in self.crop_size):
-            raise ValueError(
-                f"segmenter.crop_size must be [D, H, W] with each >= 4; got {list(self.crop_size)}"
-            )
-        for name in ("base_channels", "iterations", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"segmenter.{name} must be >= 1; got {getattr(self, name)}")
-        _positive("segmenter.lr", self.lr)
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    num_samples: int = 16
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 2:
-            raise ValueError(
-                f"evaluate.num_samples must be >= 2 (diversity needs pairs); got {self.num_samples}"
-            )
-
-
-@dataclass(frozen=True)
-class GpnnConfig:
-    """The training-free GPNN baseline (``ctgan.gpnn``; Granot et al., CVPR 2022)."""
-
-    patch_size: tuple[int, int, int] = (3, 7, 7)
-    iterations: int = 10
-    finest_iterations: int = 10
-    alpha: float = 0.005
-    noise_sd: float = 0.75
-    start_scale: int = 0
-    search_radius: tuple[int, int, int] = (1, 3, 3)
-    exact_search: bool = False
-    chunk_size: int = 4096
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if len(self.patch_size) != 3 or any(p < 1 for p in self.patch_size):
-            raise ValueError(
-                f"gpnn.patch_size must be [z, y, x] with each >= 1; got {list(self.patch_size)}"
-            )
-        if len(self.search_radius) != 3 or any(r < 0 for r in self.search_radius):
-            raise ValueError(
-                f"gpnn.search_radius must be [z, y, x] with each >= 0; got "
-                f"{list(self.search_radius)}"
-            )
-        for name in ("iterations", "finest_iterations", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"gpnn.{name} must be >= 1; got {getattr(self, name)}")
-        _positive("gpnn.alpha", self.alpha)
-        if self.noise_sd < 0:
-            raise ValueError(f"gpnn.noise_sd must be >= 0; got {self.noise_sd}")
-        if self.start_scale < 0:
-            raise ValueError(
-                f"gpnn.start_scale must be >= 0 (0 = coarsest); got {self.start_scale}"
-            )
-        _choice("gpnn.device", self.device, DEVICES)
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the non-adversarial terms and of the discriminator's penalty (GP or R1)."""
-
-    reconstruction: float
-    projection: float
-    segmentation: float
-    penalty: float
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if getattr(self, f.name) < 0:
-                raise ValueError(f"loss weight {f.name} must be >= 0; got {getattr(self, f.name)}")
+__all__ = [
+    "ADVERSARIAL_LOSSES",
+    "DATA_SOURCES",
+    "DEVICES",
+    "LOSS_TERMS",
+    "MODELS",
+    "NOT_TRAINING_SECTIONS",
+    "PRECISIONS",
+    "PROFILES",
+    "PROJECTION_MODES",
+    "SETTINGS",
+    "SETTING_LETTERS",
+    "Config",
+    "DataConfig",
+    "EvaluateConfig",
+    "GpnnConfig",
+    "LossWeights",
+    "PyramidConfig",
+    "SegmenterConfig",
+    "TrainConfig",
+    "check_params_file",
+    "config_from_dict",
+    "iterations_for_scale",
+    "load_config",
+    "num_scales",
+    "resolve_config",
+    "scale_shapes",
+    "validate_params",
+]
 
 
 @dataclass(frozen=True)
