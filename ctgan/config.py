@@ -23,6 +23,7 @@ from ctgan.sections import (
     ADVERSARIAL_LOSSES,
     DATA_SOURCES,
     DEVICES,
+    DOWNSTREAM_MODELS,
     LOSS_TERMS,
     MODELS,
     PRECISIONS,
@@ -31,6 +32,7 @@ from ctgan.sections import (
     SETTING_LETTERS,
     SETTINGS,
     DataConfig,
+    DownstreamConfig,
     EvaluateConfig,
     GpnnConfig,
     LossWeights,
@@ -44,6 +46,7 @@ __all__ = [
     "ADVERSARIAL_LOSSES",
     "DATA_SOURCES",
     "DEVICES",
+    "DOWNSTREAM_MODELS",
     "LOSS_TERMS",
     "MODELS",
     "NOT_TRAINING_SECTIONS",
@@ -54,6 +57,7 @@ __all__ = [
     "SETTING_LETTERS",
     "Config",
     "DataConfig",
+    "DownstreamConfig",
     "EvaluateConfig",
     "GpnnConfig",
     "LossWeights",
@@ -85,6 +89,7 @@ class Config:
     setting: str | None = None
     terms: tuple[str, ...] = field(default_factory=tuple)
     gpnn: GpnnConfig = field(default_factory=GpnnConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
     def __post_init__(self) -> None:
         _choice("profile", self.profile, PROFILES)
@@ -121,11 +126,11 @@ class Config:
 
     def training_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the sections that do not change a training (``evaluate``,
-        ``gpnn``): what the resume check and the run key compare."""
+        ``gpnn``, ``downstream``): what the resume check and the run key compare."""
         return {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING_SECTIONS}
 
 
-NOT_TRAINING_SECTIONS = ("evaluate", "gpnn")  # read after training, never by it
+NOT_TRAINING_SECTIONS = ("evaluate", "gpnn", "downstream")  # read after training, never by it
 
 
 def _to_plain(value: Any) -> Any:
@@ -146,8 +151,9 @@ _SECTIONS: dict[str, type] = {
     "segmenter": SegmenterConfig,
     "evaluate": EvaluateConfig,
     "gpnn": GpnnConfig,
+    "downstream": DownstreamConfig,
 }
-_PROFILE_SECTIONS = ("pyramid", "train", "segmenter", "evaluate", "gpnn")
+_PROFILE_SECTIONS = ("pyramid", "train", "segmenter", "evaluate", "gpnn", "downstream")
 _TOP_KEYS = ("profile", "data", *_PROFILE_SECTIONS, "settings", "loss_weights", "profiles")
 
 
@@ -181,6 +187,11 @@ def _coerce(where: str, value: Any, annotation: str) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{where} must be a string; got {value!r} ({type(value).__name__})")
         return value
+    if ann.startswith("tuple[") and ann.endswith(",...]"):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list; got {value!r} ({type(value).__name__})")
+        item = ann[len("tuple[") : -len(",...]")]
+        return tuple(_coerce(f"{where}[{i}]", v, item) for i, v in enumerate(value))
     if ann.startswith("tuple["):
         inner = ann[len("tuple[") : -1].split(",")
         if not isinstance(value, (list, tuple)) or len(value) != len(inner):

@@ -235,10 +235,10 @@ def evaluate_model(
 
 def training_procedure(config: Any) -> dict[str, Any]:
     """What produced a model: its resolved config (``Config.to_dict()``) without the data and
-    evaluate sections, and the GPNN baseline's (profile, setting, terms, pyramid, train, loss
-    weights, segmenter)."""
+    evaluate sections, the GPNN baseline's and the downstream check's (profile, setting, terms,
+    pyramid, train, loss weights, segmenter)."""
     values = dict(config.to_dict())
-    for key in ("data", "evaluate", "gpnn"):
+    for key in ("data", "evaluate", "gpnn", "downstream"):
         values.pop(key, None)
     return values
 

@@ -233,3 +233,33 @@ class LossWeights:
         for f in fields(self):
             if getattr(self, f.name) < 0:
                 raise ValueError(f"loss weight {f.name} must be >= 0; got {getattr(self, f.name)}")
+
+
+DOWNSTREAM_MODELS = (*SETTINGS, "gpnn")
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    """The downstream check: a segmenter trained on each model's generated volumes. Read after
+    training, never by it (``NOT_TRAINING_SECTIONS``)."""
+
+    models: tuple[str, ...] = ("3d-B", "gpnn")
+    num_volumes: int = 16
+    seeds: int = 5
+    iterations: int = 1000
+    base_channels: int = 16
+    batch_size: int = 4
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError(
+                f"downstream.models must be a non-empty list of {', '.join(DOWNSTREAM_MODELS)}; "
+                f"got []"
+            )
+        for model in self.models:
+            _choice("downstream.models", model, DOWNSTREAM_MODELS)
+        for name in ("num_volumes", "seeds", "iterations", "base_channels", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"downstream.{name} must be >= 1; got {getattr(self, name)}")
+        _positive("downstream.lr", self.lr)

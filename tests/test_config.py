@@ -15,6 +15,7 @@ from ctgan.config import (
     PROFILES,
     SETTINGS,
     Config,
+    DownstreamConfig,
     PyramidConfig,
     config_from_dict,
     iterations_for_scale,
@@ -117,6 +118,50 @@ def test_config_round_trips_through_a_dict():
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.parametrize(
+    ("profile", "num_volumes", "seeds", "iterations", "base_channels", "batch_size"),
+    [("smoke", 2, 2, 4, 4, 2), ("cpu", 8, 3, 150, 8, 4), ("paper", 16, 5, 1000, 16, 4)],
+)
+def test_downstream_profile_values_resolve(
+    profile, num_volumes, seeds, iterations, base_channels, batch_size
+):
+    down = load_config(ROOT / "params.yaml", profile=profile).downstream
+    assert down == DownstreamConfig(
+        models=("3d-B", "gpnn"),
+        num_volumes=num_volumes,
+        seeds=seeds,
+        iterations=iterations,
+        base_channels=base_channels,
+        batch_size=batch_size,
+        lr=0.001,
+    )
+
+
+def test_downstream_top_level_overrides_the_profile():
+    cfg = resolve_config(params(**{"downstream.models": ["2d-C"], "downstream.seeds": 7}))
+    assert cfg.downstream.models == ("2d-C",) and cfg.downstream.seeds == 7
+    assert cfg.downstream.num_volumes == 8  # the cpu profile's
+
+
+def test_downstream_is_not_part_of_a_training():
+    from ctgan.train_stage import run_key
+
+    base = resolve_config(params(), setting="3d-B")
+    changed = resolve_config(
+        params(**{"downstream.models": ["gpnn"], "downstream.iterations": 9}), setting="3d-B"
+    )
+    assert "downstream" in base.to_dict() and "downstream" not in base.training_dict()
+    assert base.training_dict() == changed.training_dict()
+    assert run_key(base, 0) == run_key(changed, 0)
+
+
+def test_config_without_downstream_rebuilds_with_its_defaults():
+    """A checkpoint's config.json written before the downstream section existed."""
+    values = load_config(ROOT / "params.yaml", setting="3d-A").to_dict()
+    del values["downstream"]
+    assert config_from_dict(values).downstream == DownstreamConfig()
+
+
 def test_config_is_frozen():
     cfg = load_config(ROOT / "params.yaml")
     with pytest.raises(AttributeError):
@@ -159,6 +204,20 @@ def test_config_is_frozen():
         ({"segmenter.iterations": 0}, r"segmenter.iterations must be >= 1"),
         ({"segmenter.lr": 0.0}, r"segmenter.lr must be > 0"),
         ({"evaluate.num_samples": 1}, r"evaluate.num_samples must be >= 2"),
+        (
+            {"downstream.models": ["3d-E"]},
+            r"downstream.models must be one of 3d-A, .*, gpnn; got '3d-E'",
+        ),
+        (
+            {"downstream.models": []},
+            r"downstream.models must be a non-empty list of 3d-A, .*, gpnn",
+        ),
+        ({"downstream.models": "gpnn"}, r"downstream.models must be a list; got 'gpnn' \(str\)"),
+        ({"downstream.models": ["3d-B", 3]}, r"downstream.models\[1\] must be a string; got 3"),
+        ({"downstream.num_volumes": 0}, r"downstream.num_volumes must be >= 1; got 0"),
+        ({"downstream.seeds": 0}, r"downstream.seeds must be >= 1; got 0"),
+        ({"downstream.lr": 0.0}, r"downstream.lr must be > 0"),
+        ({"profiles.cpu.downstream.models": ["gan"]}, r"downstream.models must be one of"),
         ({"loss_weights.lsgan.reconstruction": -1.0}, r"loss weight reconstruction must be >= 0"),
         ({"loss_weights.lsgan.style": 1.0}, r"unknown key 'style' in loss_weights.lsgan"),
         ({"extra": 1}, r"unknown key 'extra' in params.yaml; valid keys: profile"),
