@@ -250,6 +250,7 @@ class DownstreamConfig:
     base_channels: int = 16
     batch_size: int = 4
     lr: float = 1e-3
+    test_scans: int = 8
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -259,7 +260,14 @@ class DownstreamConfig:
             )
         for model in self.models:
             _choice("downstream.models", model, DOWNSTREAM_MODELS)
-        for name in ("num_volumes", "seeds", "iterations", "base_channels", "batch_size"):
+        for name in (
+            "num_volumes",
+            "seeds",
+            "iterations",
+            "base_channels",
+            "batch_size",
+            "test_scans",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"downstream.{name} must be >= 1; got {getattr(self, name)}")
         _positive("downstream.lr", self.lr)

@@ -119,11 +119,11 @@ def test_config_round_trips_through_a_dict():
 
 
 @pytest.mark.parametrize(
-    ("profile", "num_volumes", "seeds", "iterations", "base_channels", "batch_size"),
-    [("smoke", 2, 2, 4, 4, 2), ("cpu", 8, 3, 150, 8, 4), ("paper", 16, 5, 1000, 16, 4)],
+    ("profile", "num_volumes", "seeds", "iterations", "base_channels", "batch_size", "tests"),
+    [("smoke", 2, 2, 4, 4, 2, 1), ("cpu", 8, 5, 60, 8, 4, 3), ("paper", 16, 5, 1000, 16, 4, 8)],
 )
 def test_downstream_profile_values_resolve(
-    profile, num_volumes, seeds, iterations, base_channels, batch_size
+    profile, num_volumes, seeds, iterations, base_channels, batch_size, tests
 ):
     down = load_config(ROOT / "params.yaml", profile=profile).downstream
     assert down == DownstreamConfig(
@@ -134,6 +134,7 @@ def test_downstream_profile_values_resolve(
         base_channels=base_channels,
         batch_size=batch_size,
         lr=0.001,
+        test_scans=tests,
     )
 
 
@@ -216,6 +217,7 @@ def test_config_is_frozen():
         ({"downstream.models": ["3d-B", 3]}, r"downstream.models\[1\] must be a string; got 3"),
         ({"downstream.num_volumes": 0}, r"downstream.num_volumes must be >= 1; got 0"),
         ({"downstream.seeds": 0}, r"downstream.seeds must be >= 1; got 0"),
+        ({"downstream.test_scans": 0}, r"downstream.test_scans must be >= 1; got 0"),
         ({"downstream.lr": 0.0}, r"downstream.lr must be > 0"),
         ({"profiles.cpu.downstream.models": ["gan"]}, r"downstream.models must be one of"),
         ({"loss_weights.lsgan.reconstruction": -1.0}, r"loss weight reconstruction must be >= 0"),
