@@ -1,0 +1,279 @@
+"""Do generated volumes help a segmenter? The downstream test.
+
+The same small lung and nodule segmenter (:class:`ctgan.segmenter.Segmenter`, trained by
+:func:`ctgan.segmenter_train.train_segmenter` with the ``downstream`` sizes of params.yaml and the
+in-pipeline segmenter's crop size) is trained three ways, at the GAN's training resolution (the
+finest pyramid shape):
+
+- ``real``: the one real training scan (the finest pyramid volume and its masks);
+- ``real+synthetic``: that scan plus N generated volumes with their paired masks;
+- ``synthetic``: the N generated volumes only.
+
+Paired masks come from the frozen in-pipeline segmenter, post-processed as ``ctgan sample
+--with-masks`` writes them (:func:`ctgan.masks.predict_masks`). Each generator of
+``downstream.models`` (a 3D setting, or ``gpnn``) gets its own ``real+synthetic`` and
+``synthetic`` runs; the ``real`` run is shared. Each seed s trains every arm with seed s and its
+own N volumes: a GAN draws them fresh (sampling seed ``SAMPLING_SEED_OFFSET + s``, the evaluation
+used 0); GPNN takes N of the K samples its stage wrote (``models/gpnn/samples.npz``), a subset
+drawn with seed s, since one GPNN sample costs seconds.
+
+Test: every scan of the data folder except the training scan (up to ``downstream.test_scans``),
+never seen by any arm, resized whole to the training shape as preprocessing resizes the
+training scan. Score: whole-volume Dice (probability >= 0.5, :func:`ctgan.segmenter.predict_volume`,
+as ``metrics/segmenter.json``'s ``dice_*_whole_volume``), per test scan, and their mean per run.
+The statistics and the verdict are :mod:`ctgan.downstream_stats`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctgan.config import SegmenterConfig
+from ctgan.luna16 import Luna16Folder
+from ctgan.masks import lung_mask_dice, predict_masks
+from ctgan.preprocess import load_training_scan, resize_volume
+from ctgan.segmenter import Segmenter, predict_volume
+from ctgan.segmenter_train import dice_score, train_segmenter
+
+log = logging.getLogger(__name__)
+
+ARMS = ("real", "real+synthetic", "synthetic")
+ARM_LABELS = {
+    "real": "(a) the real scan",
+    "real+synthetic": "(b) real + N generated",
+    "synthetic": "(c) N generated only",
+}
+GPNN = "gpnn"
+SAMPLING_SEED_OFFSET = 1000
+STRUCTURES = ("lungs", "nodules")
+
+
+@dataclass
+class LabelledSet:
+    """Volumes (``(D, H, W)`` in [-1, 1]) with lung and nodule masks ([0, 1]), one name each."""
+
+    names: list[str]
+    volumes: list[np.ndarray]
+    lungs: list[np.ndarray]
+    nodules: list[np.ndarray]
+
+    def __add__(self, other: LabelledSet) -> LabelledSet:
+        return LabelledSet(
+            self.names + other.names,
+            self.volumes + other.volumes,
+            self.lungs + other.lungs,
+            self.nodules + other.nodules,
+        )
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+
+def training_scan(pyramid: Any) -> LabelledSet:
+    """The real scan the GANs learnt from, at the finest scale, with its masks."""
+    uid = str(pyramid.meta.get("seriesuid", "training scan"))
+    return LabelledSet(
+        [uid],
+        [np.asarray(pyramid.volumes[-1], dtype=np.float32)],
+        [np.asarray(pyramid.lungs[-1], dtype=np.float32)],
+        [np.asarray(pyramid.nodules[-1], dtype=np.float32)],
+    )
+
+
+def held_out_scans(
+    root: str | Path, training_uid: str, shape: Sequence[int], limit: int
+) -> LabelledSet:
+    """Up to ``limit`` scans of the LUNA16-layout folder ``root`` other than ``training_uid``,
+    each resized whole to ``shape`` (volume and masks, the preprocess stage's resize rule)."""
+    folder = Luna16Folder(root)
+    uids = [uid for uid in folder.seriesuids() if uid != training_uid][:limit]
+    if not uids:
+        raise ValueError(
+            f"the downstream test needs scans it never trains on, but {root} holds no scan other "
+            f"than the training scan {training_uid}; write more phantom scans "
+            f"(data.phantom_scans >= 2) or add LUNA16 scans to {root}"
+        )
+    target = tuple(int(n) for n in shape)
+    volumes, lungs, nodules = [], [], []
+    for uid in uids:
+        volume, lung, nodule, _spacing = load_training_scan(folder, uid)
+        volumes.append(np.clip(resize_volume(volume, target), -1.0, 1.0))
+        lungs.append(np.clip(resize_volume(lung, target), 0.0, 1.0))
+        nodules.append(np.clip(resize_volume(nodule, target), 0.0, 1.0))
+        log.info("held-out scan %s resized to %s", uid, target)
+    return LabelledSet(uids, volumes, lungs, nodules)
+
+
+def generated_volumes(
+    generator: str, models_dir: str | Path, count: int, seed: int, device: str = "cpu"
+) -> np.ndarray:
+    """``count`` volumes ``(count, D, H, W)`` of ``generator`` for seed ``seed`` (module
+    docstring): a GAN's fresh samples from its first seed's model, or a subset of GPNN's."""
+    models_dir = Path(models_dir)
+    if generator == GPNN:
+        path = models_dir / GPNN / "samples.npz"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"GPNN's samples are expected in {path}, but there is no such file; run the gpnn "
+                f"stage (`dvc repro gpnn`)"
+            )
+        with np.load(path) as data:
+            samples = data["samples"]
+        if count > len(samples):
+            raise ValueError(
+                f"downstream.num_volumes is {count}, but the gpnn stage wrote {len(samples)} "
+                f"samples ({path}); lower downstream.num_volumes or raise evaluate.num_samples"
+            )
+        chosen = np.sort(np.random.default_rng(seed).choice(len(samples), count, replace=False))
+        return np.asarray(samples[chosen], dtype=np.float32)
+    from ctgan.evaluate import seed_folders
+    from ctgan.sample import sample_volumes
+    from ctgan.train import load_trained
+
+    model = load_trained(seed_folders(models_dir / generator)[0][1], device=device)
+    return sample_volumes(
+        model,
+        count,
+        seed=SAMPLING_SEED_OFFSET + seed,
+        batch_size=1,
+        progress=False,
+        precision="float32",
+    )
+
+
+def with_paired_masks(
+    names: Sequence[str], volumes: np.ndarray, frozen: Segmenter, spacing_zyx_mm: Sequence[float]
+) -> tuple[LabelledSet, list[float]]:
+    """The generated ``volumes`` with the frozen segmenter's paired masks, and for each the Dice
+    of its lung mask against the classical threshold mask (how far to trust the labels)."""
+    lungs, nodules, trust = [], [], []
+    for volume in volumes:
+        lung, nodule = predict_masks(frozen, volume)
+        lungs.append(lung.astype(np.float32))
+        nodules.append(nodule.astype(np.float32))
+        trust.append(lung_mask_dice(lung, volume, spacing_zyx_mm))
+    return LabelledSet(list(names), list(volumes), lungs, nodules), trust
+
+
+def test_dice(
+    model: Segmenter, crop_size: Sequence[int], test: LabelledSet
+) -> dict[str, list[float | None]]:
+    """Whole-volume Dice per test scan, per structure (None where a scan has no such voxel)."""
+    scores: dict[str, list[float | None]] = {name: [] for name in STRUCTURES}
+    for volume, lungs, nodules in zip(test.volumes, test.lungs, test.nodules, strict=True):
+        probabilities = predict_volume(model, volume, crop_size)
+        scores["lungs"].append(dice_score(probabilities[0], lungs))
+        scores["nodules"].append(dice_score(probabilities[1], nodules))
+    return scores
+
+
+def train_and_test(
+    train: LabelledSet,
+    test: LabelledSet,
+    segmenter_cfg: SegmenterConfig,
+    seed: int,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train one segmenter on ``train`` with ``seed`` and score it on ``test``: one run's row."""
+    started = time.perf_counter()
+    model, _history, metrics = train_segmenter(
+        train.volumes,
+        train.lungs,
+        train.nodules,
+        test.volumes,
+        test.lungs,
+        test.nodules,
+        segmenter_cfg,
+        seed=seed,
+        device=device,
+        progress=False,
+    )
+    scores = test_dice(model, segmenter_cfg.crop_size, test)
+    row: dict[str, Any] = {
+        "train_volumes": len(train),
+        "seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": metrics["train_seconds"],
+    }
+    for name in STRUCTURES:
+        defined = [s for s in scores[name] if s is not None]
+        row[f"dice_{name}_per_scan"] = scores[name]
+        row[f"dice_{name}"] = float(np.mean(defined)) if defined else None
+    return row
+
+
+def run_downstream(
+    cfg: Any,
+    pyramid: Any,
+    frozen: Segmenter,
+    data_root: str | Path,
+    models_dir: str | Path,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Every run of the downstream test (module docstring) for ``cfg.downstream``; returns the
+    runs, the held-out scans and the paired masks' trust (no statistics: ``downstream_stats``)."""
+    down = cfg.downstream
+    segmenter_cfg = SegmenterConfig(
+        crop_size=tuple(cfg.segmenter.crop_size),
+        base_channels=down.base_channels,
+        iterations=down.iterations,
+        batch_size=down.batch_size,
+        lr=down.lr,
+    )
+    real = training_scan(pyramid)
+    shape = pyramid.volumes[-1].shape
+    spacing = pyramid.spacings_zyx_mm[-1]
+    test = held_out_scans(data_root, real.names[0], shape, down.test_scans)
+    runs: list[dict[str, Any]] = []
+    trust: dict[str, list[float]] = {name: [] for name in down.models}
+    examples: dict[str, dict[str, np.ndarray]] = {}
+    total = down.seeds * (1 + 2 * len(down.models))
+    started = time.perf_counter()
+
+    def record(generator: str, arm: str, seed: int, train: LabelledSet) -> None:
+        row = train_and_test(train, test, segmenter_cfg, seed, device)
+        runs.append({"generator": generator, "arm": arm, "seed": seed, **row})
+        log.info(
+            "downstream run %d/%d: %s, %s, seed %d: Dice lungs %s (%d training volumes, %.0f s; "
+            "%.0f s so far)",
+            len(runs),
+            total,
+            generator,
+            arm,
+            seed,
+            "n/a" if row["dice_lungs"] is None else f"{row['dice_lungs']:.3f}",
+            row["train_volumes"],
+            row["seconds"],
+            time.perf_counter() - started,
+        )
+
+    for seed in range(down.seeds):
+        record("-", "real", seed, real)
+        for generator in down.models:
+            volumes = generated_volumes(generator, models_dir, down.num_volumes, seed, device)
+            names = [f"{generator} seed {seed} volume {i}" for i in range(len(volumes))]
+            synthetic, agreement = with_paired_masks(names, volumes, frozen, spacing)
+            trust[generator] += agreement
+            if generator not in examples:
+                examples[generator] = {"volume": volumes[0], "lungs": synthetic.lungs[0]}
+            record(generator, "real+synthetic", seed, real + synthetic)
+            record(generator, "synthetic", seed, synthetic)
+    return {
+        "training_scan": real.names[0],
+        "test_scans": test.names,
+        "shape": [int(n) for n in shape],
+        "spacing_zyx_mm": [float(v) for v in spacing],
+        "runs": runs,
+        "paired_mask_trust": {
+            g: {"mean": float(np.mean(v)), "min": float(np.min(v)), "n": len(v)}
+            for g, v in trust.items()
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+        "_examples": examples,  # for the figure; not written to JSON
+    }
