@@ -13,6 +13,10 @@ layout as ``evaluate_model``'s with ``"name": "gpnn"`` and a ``timing`` dict), i
 "GPNN (no training)" of the realism tables, and its gallery is shown when there is one (the
 path in its ``"gallery"`` key, or ``gallery_gpnn.png`` already in the figures folder). Without
 it the report says so and carries on.
+
+The last section, "Do the generated volumes help a segmenter?", comes from
+``metrics/downstream.json`` (the downstream stage, ``ctgan.downstream``): its table, its
+rule-written verdict (``ctgan.downstream_stats``) and its figure, copied beside the others.
 """
 
 from __future__ import annotations
@@ -293,10 +297,59 @@ def build_report(
             f"{_fmt(segmenter.get('dice_nodules_whole_volume'))}.",
             "",
         ]
+    lines += downstream_section(metrics_dir, figures_dir, rel)
     with atomic_write(report_path) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
     log.info("wrote %s", report_path)
     return report_path
+
+
+def downstream_section(metrics_dir: Path, figures_dir: Path, rel: Path) -> list[str]:
+    """The section "Do the generated volumes help a segmenter?" from ``metrics/downstream.json``
+    (the downstream stage's output: table, verdict, figure copied into ``figures_dir``); a line
+    saying it is missing otherwise."""
+    import shutil
+
+    from ctgan.downstream_stats import downstream_table
+
+    path = metrics_dir / "downstream.json"
+    lines = ["## Do the generated volumes help a segmenter?", ""]
+    if not path.is_file():
+        return lines + [f"Not measured: {path} is missing (run `dvc repro downstream`).", ""]
+    result = read_json(path)
+    config = result["config"]
+    labels = {GPNN_NAME: GPNN_LABEL}
+    lines += [
+        f"The same small lung and nodule segmenter (base width {config['base_channels']}, "
+        f"{config['iterations']} iterations, crops {config['segmenter_crop_size']}) trained (a) "
+        f"on the one real training scan, (b) on it plus {config['num_volumes']} generated "
+        f"volumes with their paired masks (the frozen segmenter's), (c) on those "
+        f"{config['num_volumes']} generated volumes only; {config['seeds']} seeds each, tested "
+        f"on {len(result['test_scans'])} held-out scan(s) that no arm trains on, at the GAN's "
+        f"training shape {result['shape']} (whole-volume Dice, mean ± sd over seeds; Δ: paired "
+        f"by seed against (a), with its 95 % interval). The rules behind each verdict are in "
+        f"`ctgan/downstream_stats.py`; every run is in `{path.as_posix()}`.",
+        "",
+        downstream_table(result, labels),
+        "",
+        result["verdict"],
+        "",
+        "How far to trust the paired masks (Dice of the frozen segmenter's lung mask against "
+        "the classical threshold mask, over the generated training volumes): "
+        + "; ".join(
+            f"{labels.get(g, g)} {t['mean']:.3f} (lowest {t['min']:.3f}, n = {t['n']})"
+            for g, t in result["paired_mask_trust"].items()
+        )
+        + ".",
+        "",
+    ]
+    figure = Path(result.get("figure", ""))
+    if figure.is_file():
+        target = figures_dir / "downstream.png"
+        if figure.resolve() != target.resolve():
+            shutil.copyfile(figure, target)
+        lines += [f"![Dice per training set]({(rel / target.name).as_posix()})", ""]
+    return lines
 
 
 def _fmt(value: Any) -> str:

@@ -74,7 +74,11 @@ def test_dvc_repro_runs_the_whole_smoke_pipeline(smoke_repo):
     baseline = json.loads((smoke_repo / "metrics" / "gpnn.json").read_text())
     assert baseline["model"] == "gpnn" and baseline["timing"]["seconds_per_sample"] > 0
     assert (smoke_repo / "models" / "gpnn" / "samples.npz").is_file()
+    downstream = json.loads((smoke_repo / "metrics" / "downstream.json").read_text())
+    assert {r["arm"] for r in downstream["runs"]} == {"real", "real+synthetic", "synthetic"}
+    assert (smoke_repo / "reports" / "downstream" / "downstream.png").is_file()
     report = (smoke_repo / "reports" / "ablation.md").read_text()
+    assert downstream["verdict"] in report and "figures/downstream.png" in report
     assert "22.639" in report and "41.967" in report  # the paper's numbers beside ours
     assert "| A |" in report and "| D |" in report
 
@@ -89,4 +93,5 @@ def test_dvc_repro_runs_the_whole_smoke_pipeline(smoke_repo):
     assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-4000:]
     ran = set(re.findall(r"Running stage '([^']+)'", rerun.stdout))
     # check_params tracks the whole params.yaml: it reruns too, and its fixed output reruns nothing
-    assert ran == {"check_params", "train@3d-B", "evaluate@3d-B", "report"}, ran
+    # the downstream test judges 3d-B's volumes: it reruns with it
+    assert ran == {"check_params", "train@3d-B", "evaluate@3d-B", "downstream", "report"}, ran
