@@ -19,7 +19,8 @@ import torch
 
 from ctgan.config import Config, config_from_dict
 from ctgan.io import atomic_write
-from ctgan.nets import Discriminator, GeneratorPyramid, build_generator_pyramid, load_weights
+from ctgan.layers import load_weights
+from ctgan.nets import Discriminator, GeneratorPyramid, build_generator_pyramid
 
 logger = logging.getLogger(__name__)
 

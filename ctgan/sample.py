@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ctgan.nets import bf16_autocast, make_noise
+from ctgan.layers import bf16_autocast
+from ctgan.nets import make_noise
 
 if TYPE_CHECKING:
     from ctgan.train import TrainedModel

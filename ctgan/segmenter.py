@@ -52,7 +52,7 @@ from torch import nn
 
 from ctgan.config import SegmenterConfig
 from ctgan.io import atomic_write
-from ctgan.nets import Conv3d, InstanceNorm3d, load_weights
+from ctgan.layers import Conv3d, InstanceNorm3d, load_weights
 
 if TYPE_CHECKING:  # matplotlib only for prediction_figure: training runs without it
     from matplotlib.figure import Figure

@@ -50,9 +50,9 @@ from ctgan.config import NOT_TRAINING_SECTIONS, Config, iterations_for_scale, sc
 from ctgan.history import HISTORY_COLUMNS, HISTORY_NAME, HistoryWriter, Row, read_history
 from ctgan.intensity import network_to_paper
 from ctgan.io import ensure_writable_dir, write_json
+from ctgan.layers import bf16_autocast
 from ctgan.nets import (
     GeneratorPyramid,
-    bf16_autocast,
     grow_discriminator,
     make_noise,
     make_reconstruction_noise,
