@@ -4,13 +4,14 @@
                                                [--finest-only] [--no-paper] [--no-2d-paper]
 
 One iteration = ``g_steps`` generator steps + ``d_steps`` discriminator steps (3 + 3), run by
-``ctgan.train.ScaleTrainer.iteration`` (the training loop's own code) on an untrained pyramid
-(``ctgan.train.scale_trainer_at``; the cost of an iteration does not depend on the weights) and a
-synthetic volume. The modes are timed side by side in one process, interleaved (round r times
-every mode once; the slow reference only in the first ``--reference-rounds`` rounds, default 1,
-without warm-up), after one untimed warm-up iteration of the default (which also counts the FLOPs
-with ``torch.utils.flop_counter.FlopCounterMode``: convolutions, forward and backward, 2 FLOPs per
-multiply-add); medians over the rounds and the ratio reference / default.
+``ctgan.scale_trainer.ScaleTrainer.iteration`` (the training loop's own code) on an untrained
+pyramid (``ctgan.train.scale_trainer_at``; the cost of an iteration does not depend on the
+weights) and a synthetic volume. The modes are timed side by side in one process, interleaved
+(round r times every mode once; the slow reference only in the first ``--reference-rounds``
+rounds, default 1, without warm-up), after one untimed warm-up iteration of the default (which
+also counts the FLOPs with ``torch.utils.flop_counter.FlopCounterMode``: convolutions, forward
+and backward, 2 FLOPs per multiply-add); medians over the rounds and the ratio reference /
+default.
 
 Cases:
 - cpu profile (the default pipeline), 3d-D and 2d-D, every scale, bf16 vs reference;
@@ -46,8 +47,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ctgan.config import Config, iterations_for_scale, load_config, num_scales, scale_shapes
 from ctgan.runtime import freed_memory_kept
+from ctgan.scale_trainer import ScaleTrainer
 from ctgan.segmenter import Segmenter
-from ctgan.train import ScaleTrainer, scale_trainer_at
+from ctgan.train import scale_trainer_at
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

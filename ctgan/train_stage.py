@@ -26,13 +26,21 @@ from ctgan.train import Callback, PyramidLike, train_model
 logger = logging.getLogger(__name__)
 
 # what a run depends on
-_CODE = ("layers.py", "nets.py", "losses.py", "train.py", "checkpoint.py", "history.py")
+_CODE = (
+    "layers.py",
+    "nets.py",
+    "losses.py",
+    "scale_trainer.py",
+    "train.py",
+    "checkpoint.py",
+    "history.py",
+)
 
 
 def run_key(cfg: Config, seed: int) -> str:
     """A short hash of what determines a run: the resolved config, the seed and the training code
-    (layers, nets, losses, train, checkpoint, history). Two runs with the same key produce the same
-    checkpoint."""
+    (layers, nets, losses, scale_trainer, train, checkpoint, history). Two runs with the same key
+    produce the same checkpoint."""
     code = b"".join((Path(__file__).parent / name).read_bytes() for name in _CODE)
     text = json.dumps({"config": cfg.training_dict(), "seed": int(seed)}, sort_keys=True).encode()
     return hashlib.sha256(text + code).hexdigest()[:12]

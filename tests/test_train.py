@@ -23,14 +23,13 @@ from torch import nn
 
 from ctgan.config import Config, PyramidConfig, load_config, scale_shapes
 from ctgan.nets import build_generator_pyramid
+from ctgan.scale_trainer import precision_settings, reconstruction_psnr
 from ctgan.train import (
     CHECKPOINT_NAME,
     HISTORY_COLUMNS,
     find_checkpoint,
     load_trained,
-    precision_settings,
     read_history,
-    reconstruction_psnr,
     resolve_device,
     train_model,
 )
