@@ -126,8 +126,8 @@ class _ScaleContext:
 
 
 class ScaleTrainer:
-    """Training of one scale, one iteration at a time (``_train_scale`` loops it; the benchmark
-    in ``benchmarks/bench_train.py`` times it).
+    """Training of one scale, one iteration at a time (``ctgan.train._train_scale`` loops it; the
+    benchmark in ``benchmarks/bench_train.py`` times it).
 
     Construction does the once-per-scale work: the frozen reconstruction chain up to s-1, the
     noise amplitude, fresh Adam optimisers. ``iteration(i)`` runs ``g_steps`` generator steps then
