@@ -153,6 +153,12 @@ def verdict_text(result: Mapping[str, Any], label: Mapping[str, str] | None = No
                 f"(95 % CI {low:+.3f} to {high:+.3f}, {cell['n']} seeds)"
             )
         sentences.append(f"**{name}**: " + "; ".join(parts) + ".")
+    nodules = [r["dice_nodules"] for r in result["runs"] if r["dice_nodules"] is not None]
+    if nodules and max(nodules) == 0:
+        sentences.append(
+            "**Nodules**: every run's nodule Dice is 0 (no segmenter of any arm found a nodule "
+            "voxel of the held-out scans), so the nodule columns say nothing either way."
+        )
     sentences.append(
         f"Each difference is paired by seed ({seeds} seeds); its interval is Student's t on the "
         f"per-seed differences, so with few seeds only a large, consistent effect resolves."

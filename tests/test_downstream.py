@@ -117,6 +117,16 @@ def test_summary_table_and_verdict_agree_with_the_numbers():
     text = verdict_text(result)
     assert "adding 8 of its volumes to the real scan helped: lung Dice +0.100" in text
     assert "training on 8 of its volumes alone hurt: lung Dice -0.100" in text
+    assert "Nodules" not in text  # no nodule score at all: nothing to say
+
+
+def test_verdict_says_when_no_run_found_a_nodule():
+    runs = _runs([0.70, 0.72, 0.68], [0.80, 0.79, 0.81], [0.60, 0.61, 0.59])
+    for run in runs:
+        run["dice_nodules"] = 0.0
+    assert "every run's nodule Dice is 0" in verdict_text(_result(runs))
+    runs[0]["dice_nodules"] = 0.2
+    assert "every run's nodule Dice is 0" not in verdict_text(_result(runs))
 
 
 def test_labelled_sets_add_up():
