@@ -112,10 +112,15 @@ def held_out_scans(
 
 
 def generated_volumes(
-    generator: str, models_dir: str | Path, count: int, seed: int, device: str = "cpu"
-) -> np.ndarray:
-    """``count`` volumes ``(count, D, H, W)`` of ``generator`` for seed ``seed`` (module
-    docstring): a GAN's fresh samples from its first seed's model, or a subset of GPNN's."""
+    generator: str,
+    models_dir: str | Path,
+    count: int,
+    seeds: Sequence[int],
+    device: str = "cpu",
+) -> dict[int, np.ndarray]:
+    """``{seed: volumes (count, D, H, W)}`` of ``generator`` for every seed of ``seeds`` (module
+    docstring): a GAN's fresh samples from its first seed's model, or subsets of GPNN's; the
+    model (or GPNN's samples) is read once for all seeds."""
     models_dir = Path(models_dir)
     if generator == GPNN:
         path = models_dir / GPNN / "samples.npz"
@@ -125,27 +130,32 @@ def generated_volumes(
                 f"stage (`dvc repro gpnn`)"
             )
         with np.load(path) as data:
-            samples = data["samples"]
+            samples = np.asarray(data["samples"], dtype=np.float32)
         if count > len(samples):
             raise ValueError(
                 f"downstream.num_volumes is {count}, but the gpnn stage wrote {len(samples)} "
                 f"samples ({path}); lower downstream.num_volumes or raise evaluate.num_samples"
             )
-        chosen = np.sort(np.random.default_rng(seed).choice(len(samples), count, replace=False))
-        return np.asarray(samples[chosen], dtype=np.float32)
+        return {
+            seed: samples[np.sort(np.random.default_rng(seed).choice(len(samples), count, False))]
+            for seed in seeds
+        }
     from ctgan.evaluate import seed_folders
     from ctgan.sample import sample_volumes
     from ctgan.train import load_trained
 
     model = load_trained(seed_folders(models_dir / generator)[0][1], device=device)
-    return sample_volumes(
-        model,
-        count,
-        seed=SAMPLING_SEED_OFFSET + seed,
-        batch_size=1,
-        progress=False,
-        precision="float32",
-    )
+    return {
+        seed: sample_volumes(
+            model,
+            count,
+            seed=SAMPLING_SEED_OFFSET + seed,
+            batch_size=1,
+            progress=False,
+            precision="float32",
+        )
+        for seed in seeds
+    }
 
 
 def with_paired_masks(
@@ -253,10 +263,15 @@ def run_downstream(
             time.perf_counter() - started,
         )
 
-    for seed in range(down.seeds):
+    seeds = range(down.seeds)
+    drawn = {
+        generator: generated_volumes(generator, models_dir, down.num_volumes, seeds, device)
+        for generator in down.models
+    }
+    for seed in seeds:
         record("-", "real", seed, real)
         for generator in down.models:
-            volumes = generated_volumes(generator, models_dir, down.num_volumes, seed, device)
+            volumes = drawn[generator][seed]
             names = [f"{generator} seed {seed} volume {i}" for i in range(len(volumes))]
             synthetic, agreement = with_paired_masks(names, volumes, frozen, spacing)
             trust[generator] += agreement

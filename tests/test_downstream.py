@@ -158,19 +158,20 @@ def _gpnn_samples(models: Path, count: int) -> np.ndarray:
 
 def test_gpnn_volumes_are_a_seeded_subset_of_its_samples(tmp_path):
     samples = _gpnn_samples(tmp_path, 6)
-    first = generated_volumes(GPNN, tmp_path, 3, seed=0)
+    drawn = generated_volumes(GPNN, tmp_path, 3, seeds=[0, 1])
+    first = drawn[0]
     assert first.shape == (3, 4, 8, 8)
     assert all(any(np.array_equal(v, s) for s in samples) for v in first)
-    assert np.array_equal(first, generated_volumes(GPNN, tmp_path, 3, seed=0))
-    assert not np.array_equal(first, generated_volumes(GPNN, tmp_path, 3, seed=1))
+    assert np.array_equal(first, generated_volumes(GPNN, tmp_path, 3, seeds=[0])[0])
+    assert not np.array_equal(first, drawn[1])
 
 
 def test_gpnn_volumes_need_enough_samples_and_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the gpnn stage"):
-        generated_volumes(GPNN, tmp_path, 3, seed=0)
+        generated_volumes(GPNN, tmp_path, 3, seeds=[0])
     _gpnn_samples(tmp_path, 2)
     with pytest.raises(ValueError, match="lower downstream.num_volumes"):
-        generated_volumes(GPNN, tmp_path, 3, seed=0)
+        generated_volumes(GPNN, tmp_path, 3, seeds=[0])
 
 
 def _blob_set(count: int, seed: int) -> LabelledSet:
