@@ -82,15 +82,22 @@ def gpnn_gallery(gpnn: Mapping[str, Any], figures_dir: Path) -> Path | None:
     """Where the GPNN gallery is, copied into ``figures_dir`` as ``gallery_gpnn.png``: the path
     in gpnn.json's ``"gallery"`` key (relative to the working directory), else a
     ``gallery_gpnn.png`` already in ``figures_dir``; None when there is none."""
-    import shutil
-
     target = figures_dir / f"gallery_{GPNN_NAME}.png"
-    given = gpnn.get("gallery")
-    if isinstance(given, str) and Path(given).is_file():
-        if Path(given).resolve() != target.resolve():
-            shutil.copyfile(given, target)
+    if copy_figure(gpnn.get("gallery"), target):
         return target
     return target if target.is_file() else None
+
+
+def copy_figure(given: Any, target: Path) -> bool:
+    """Copy the figure at ``given`` (a path string, relative to the working directory) to
+    ``target`` unless it is that file already; False when ``given`` names no file."""
+    import shutil
+
+    if not (isinstance(given, str) and given and Path(given).is_file()):
+        return False
+    if Path(given).resolve() != target.resolve():
+        shutil.copyfile(given, target)
+    return True
 
 
 def first_seed_folder(model_dir: Path) -> Path:
@@ -308,8 +315,6 @@ def downstream_section(metrics_dir: Path, figures_dir: Path, rel: Path) -> list[
     """The section "Do the generated volumes help a segmenter?" from ``metrics/downstream.json``
     (the downstream stage's output: table, verdict, figure copied into ``figures_dir``); a line
     saying it is missing otherwise."""
-    import shutil
-
     from ctgan.downstream_stats import downstream_table
 
     path = metrics_dir / "downstream.json"
@@ -343,11 +348,8 @@ def downstream_section(metrics_dir: Path, figures_dir: Path, rel: Path) -> list[
         + ".",
         "",
     ]
-    figure = Path(result.get("figure", ""))
-    if figure.is_file():
-        target = figures_dir / "downstream.png"
-        if figure.resolve() != target.resolve():
-            shutil.copyfile(figure, target)
+    target = figures_dir / "downstream.png"
+    if copy_figure(result.get("figure"), target):
         lines += [f"![Dice per training set]({(rel / target.name).as_posix()})", ""]
     return lines
 
