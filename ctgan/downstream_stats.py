@@ -174,15 +174,13 @@ def downstream_figure(
     """Dice lungs per arm, a panel per generator (dots: seeds; bar: mean ± sd); beneath, when
     ``examples`` are given, one generated training volume per generator (axial centre slice,
     lung window) with its paired lung mask's outline."""
-    import matplotlib.pyplot as plt
-
-    from ctgan.figures import LUNG_WINDOW_LEVEL_HU, LUNG_WINDOW_WIDTH_HU
+    from ctgan.figures import LUNG_WINDOW_LEVEL_HU, LUNG_WINDOW_WIDTH_HU, _subplots
     from ctgan.intensity import network_to_hu
 
     label = dict(label or {})
     generators = list(result["summary"])
     rows = 2 if examples else 1
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         rows, len(generators), figsize=(4.2 * len(generators), 3.6 * rows), squeeze=False
     )
     runs = result["runs"]
@@ -220,5 +218,4 @@ def downstream_figure(
         f"Does training on generated volumes help? Dice on {len(result['test_scans'])} "
         f"held-out scan(s), {result['config']['seeds']} seeds"
     )
-    fig.tight_layout()
     return fig
