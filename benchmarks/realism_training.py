@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_and_score(
-    name: str, lever: dict, params: dict, models_dir: Path, threads: int, k: int
+    name: str, lever: dict, params: dict, models_dir: Path, threads: int, k: int, seed: int = 0
 ) -> list[dict]:
-    """Train ``lever``'s setting (seed 0) into ``models_dir/name`` and score it; one row per
+    """Train ``lever``'s setting (training seed ``seed``) into ``models_dir/name`` and score it; one row per
     (start scale, noise factor)."""
     lever = dict(lever)
     setting = lever.pop("setting", "3d-B")
@@ -61,7 +61,7 @@ def train_and_score(
     began = time.time()
     from ctgan.train import train_model
 
-    train_model(cfg, pyramid, out, seed=0)
+    train_model(cfg, pyramid, out, seed=seed)
     seconds = time.time() - began
     model = load_trained(out)
     real = np.asarray(pyramid.volumes[-1], dtype=np.float32)
@@ -77,6 +77,7 @@ def train_and_score(
                 {
                     "name": name,
                     "setting": setting,
+                    "seed": seed,
                     "pyramid": str(pyramid_dir),
                     "train_s": round(seconds),
                     "threads": threads,
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=ROOT / "benchmarks" / "models")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--k", type=int, default=8, help="samples per row (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/realism_training")
     args = parser.parse_args(argv)
     params = yaml.safe_load(args.params.read_text())
@@ -125,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     jsonl = args.out.with_suffix(".jsonl")
     for name, lever in levers:
-        for row in train_and_score(name, lever, params, args.models, args.threads, args.k):
+        for row in train_and_score(
+            name, lever, params, args.models, args.threads, args.k, args.seed
+        ):
             print(json.dumps(row), flush=True)
             with jsonl.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")

@@ -3,7 +3,7 @@
 One scale s (ctgan-facts §4): a new generator G_s (initialised from G_{s-1}) and discriminator D_s
 (a copy of D_{s-1}) train for ``iterations_for_scale(cfg.train, s, S)`` iterations of ``g_steps``
 generator steps then ``d_steps`` discriminator steps, with fresh Adam optimisers and one lr decay.
-Earlier scales are frozen. Losses: the adversarial one (lsgan | wgangp | zerogp) on a random
+Earlier scales are frozen (unless ``train.concurrent_scales`` > 1, below). Losses: the adversarial one (lsgan | wgangp | zerogp) on a random
 sample, plus the enabled terms of the setting on the reconstruction G(z_rec).
 
 Departures from the seed, on purpose:
@@ -14,6 +14,13 @@ Departures from the seed, on purpose:
   switch, seed 1.0) multiplies it; ``train.finest_iterations_factor`` lengthens the finest scale.
 - The frozen reconstruction chain up to s-1 is computed once per scale; the random chain of the
   frozen scales runs without autograd.
+- ``train.concurrent_scales`` N > 1 (a realism switch, seed 1): ConSinGAN's concurrent training.
+  Scales s-N+1 .. s train together, scale s-k at lr x ``train.concurrent_lr_scale`` ** k, with
+  autograd through them in both the reconstruction and the adversarial chain; the noise amplitude
+  is still fixed when the scale starts.
+- ``train.adversarial_from_sample_start`` (a realism switch, seed false) draws the adversarial
+  fakes of scales >= ``train.sample_start_scale`` from the real volume of the scale below it, as
+  the random samples are drawn, instead of from pure noise at scale 0.
 
 The run around it (growing the networks, seeds, checkpoints, resuming) is ``ctgan.train``.
 """
@@ -99,19 +106,60 @@ def _adversarial_losses(
 
 
 def _frozen_chain(
-    generator: GeneratorPyramid, noises: Sequence[torch.Tensor], scale: int
+    generator: GeneratorPyramid,
+    noises: Sequence[torch.Tensor],
+    scale: int,
+    start: int = 0,
+    start_volume: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Output of scales 0 .. scale-1 (no autograd), or None at scale 0."""
-    previous: torch.Tensor | None = None
+    """Output of scales ``start`` .. scale-1 (no autograd) on ``start_volume`` (the volume of
+    scale ``start - 1``; None with ``start`` 0), or ``start_volume`` itself when ``start`` is
+    ``scale``."""
+    previous = start_volume
     with torch.no_grad():
-        for s in range(scale):
+        for s in range(start, scale):
             previous = generator.forward_scale(s, noises[s], previous)
     return previous
+
+
+def adversarial_start(
+    cfg: Config, scale: int, reals: Sequence[torch.Tensor]
+) -> tuple[int, torch.Tensor | None]:
+    """Where scale ``scale``'s adversarial fakes start: ``(0, None)`` (pure noise at the coarsest
+    scale, the seed) or, with ``train.adversarial_from_sample_start`` at a scale at or above
+    ``train.sample_start_scale`` k > 0, ``(k, reals[k - 1])``: the samples' own start."""
+    start = cfg.train.sample_start_scale
+    if cfg.train.adversarial_from_sample_start and 0 < start <= scale:
+        return start, reals[start - 1]
+    return 0, None
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def _decay_lr(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], factor: float) -> None:
+    """Every parameter group at its own base lr x ``factor``."""
+    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = base * factor
+
+
+def _trained_chain(
+    generator: GeneratorPyramid,
+    noises: Sequence[torch.Tensor],
+    scale: int,
+    first_trained: int,
+    start: int = 0,
+    start_volume: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Input of scale ``scale``: the chain from ``start`` (on ``start_volume``), without autograd
+    below ``first_trained`` and with it from there (the concurrently trained scales)."""
+    frozen_until = max(start, first_trained)
+    previous = _frozen_chain(generator, noises, frozen_until, start, start_volume)
+    for s in range(frozen_until, scale):
+        previous = generator.forward_scale(s, noises[s], previous)
+    return previous
 
 
 @dataclass
@@ -123,6 +171,9 @@ class _ScaleContext:
     real: torch.Tensor
     shapes: list[tuple[int, ...]]
     segmenter: nn.Module | None
+    # ``adversarial_start``: the scale the adversarial fakes start at, and the real volume below it
+    fake_start: int = 0
+    fake_start_volume: torch.Tensor | None = None
 
 
 class ScaleTrainer:
@@ -162,9 +213,20 @@ class ScaleTrainer:
         self.amplitude = amplitude
         state.noise_amplitudes.append(amplitude)
         train_cfg = cfg.train
-        self.opt_g = torch.optim.Adam(
-            self.generator.scales[s].parameters(), lr=train_cfg.lr, betas=train_cfg.betas
-        )
+        # scales first_trained .. s train together (ConSinGAN); the seed: s alone
+        self.first_trained = max(0, s - train_cfg.concurrent_scales + 1)
+        groups = []
+        for t in range(self.first_trained, s + 1):
+            self.generator.scales[t].requires_grad_(True)
+            lr = train_cfg.lr * train_cfg.concurrent_lr_scale ** (s - t)
+            groups.append({"params": list(self.generator.scales[t].parameters()), "lr": lr})
+        self.g_base_lrs = [group["lr"] for group in groups]
+        if self.first_trained < s:
+            with bf16_autocast(device, self.autocast):
+                self.rec_base = _frozen_chain(
+                    self.generator, state.reconstruction_noise, self.first_trained
+                )
+        self.opt_g = torch.optim.Adam(groups, betas=train_cfg.betas)
         self.opt_d = torch.optim.Adam(
             self.discriminator.parameters(), lr=train_cfg.lr, betas=train_cfg.betas
         )
@@ -176,12 +238,17 @@ class ScaleTrainer:
         self.segmentation_value = torch.full((), float("nan"))
 
     def reconstruct(self) -> torch.Tensor:
-        """G_s(z_rec) on the frozen chain's reconstruction (with autograd unless disabled)."""
+        """G_s(z_rec) on the frozen chain's reconstruction (with autograd unless disabled); with
+        concurrent scales, the trained ones run again on their frozen input."""
         context = self.context
+        s, noise = context.scale, self.state.reconstruction_noise
         with bf16_autocast(context.device, self.autocast):
-            return self.generator.forward_scale(
-                context.scale, self.state.reconstruction_noise[context.scale], self.rec_previous
-            ).to(self.dtype)
+            previous = self.rec_previous
+            if self.first_trained < s:
+                previous = self.rec_base
+                for t in range(self.first_trained, s):
+                    previous = self.generator.forward_scale(t, noise[t], previous)
+            return self.generator.forward_scale(s, noise[s], previous).to(self.dtype)
 
     def iteration(self, i: int) -> None:
         """Iteration ``i`` of the scale: lr decay at ``decay_at``, G steps, D steps."""
@@ -191,7 +258,7 @@ class ScaleTrainer:
         real, dtype, autocast = context.real, self.dtype, self.autocast
         generator, discriminator = self.generator, self.discriminator
         if i == self.decay_at:
-            _set_lr(self.opt_g, train_cfg.lr * train_cfg.lr_decay_factor)
+            _decay_lr(self.opt_g, self.g_base_lrs, train_cfg.lr_decay_factor)
             _set_lr(self.opt_d, train_cfg.lr * train_cfg.lr_decay_factor)
         # ---- generator steps
         discriminator.requires_grad_(False)
@@ -206,7 +273,14 @@ class ScaleTrainer:
                 dtype,
             )
             with bf16_autocast(device, autocast):
-                previous = _frozen_chain(generator, noises, s)
+                previous = _trained_chain(
+                    generator,
+                    noises,
+                    s,
+                    self.first_trained,
+                    context.fake_start,
+                    context.fake_start_volume,
+                )
                 fake = generator.forward_scale(s, noises[s], previous)
                 self.g_adv = self.g_loss_fn(discriminator(fake).float())
             total = self.g_adv
@@ -235,6 +309,8 @@ class ScaleTrainer:
         discriminator.requires_grad_(True)
         # ---- discriminator steps (on the last noise, as the seed)
         with torch.no_grad(), bf16_autocast(device, autocast):
+            if previous is not None:
+                previous = previous.detach()
             fake = generator.forward_scale(s, noises[s], previous).to(dtype)
         for _ in range(train_cfg.d_steps):
             real_input = real.detach().requires_grad_(train_cfg.adversarial_loss == "zerogp")

@@ -121,6 +121,15 @@ class TrainConfig:
     noise_amplitude_factor: float = 1.0
     # The finest scale trains this factor x its iterations_per_scale * (s + 1) (the seed: 1).
     finest_iterations_factor: float = 1.0
+    # true: the adversarial fakes of scales >= sample_start_scale are drawn during training as the
+    # samples are drawn, from the real volume of the scale below sample_start_scale; false (the
+    # seed): from pure noise at the coarsest scale, whatever the sampling start.
+    adversarial_from_sample_start: bool = False
+    # ConSinGAN's concurrent training (Hinz et al. 2021): the newest N scales train together,
+    # scale s - k at lr x concurrent_lr_scale ** k. The seed: 1 (only the newest scale trains);
+    # ConSinGAN: 3 and 0.1.
+    concurrent_scales: int = 1
+    concurrent_lr_scale: float = 0.1
 
     def __post_init__(self) -> None:
         _positive("train.noise_amplitude_factor", self.noise_amplitude_factor)
@@ -130,7 +139,21 @@ class TrainConfig:
                 f"train.sample_start_scale must be >= 0 (0 = random from pure noise at the "
                 f"coarsest scale); got {self.sample_start_scale}"
             )
-        for name in ("iterations_per_scale", "g_steps", "d_steps", "seeds", "log_every"):
+        _positive("train.concurrent_lr_scale", self.concurrent_lr_scale)
+        if self.concurrent_scales > 1 and self.precision == "reference":
+            raise ValueError(
+                f"train.concurrent_scales must be 1 with precision 'reference' (the seed's "
+                f"numerics train one scale at a time, and its BatchNorm keeps earlier scales in "
+                f"eval mode); got {self.concurrent_scales}. Use precision float32 or bf16"
+            )
+        for name in (
+            "iterations_per_scale",
+            "g_steps",
+            "d_steps",
+            "seeds",
+            "log_every",
+            "concurrent_scales",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1; got {getattr(self, name)}")
         for name in ("generator_channels", "discriminator_channels", "slice_generator_channels"):

@@ -48,6 +48,7 @@ from ctgan.scale_trainer import (
     ScaleTrainer,
     _derived_seed,
     _ScaleContext,
+    adversarial_start,
     precision_settings,
 )
 
@@ -258,7 +259,16 @@ def train_model(
     with freed_memory_kept(keep):
         for s in range(state.completed_scales, len(shapes)):
             _grow(state, cfg, precision, shapes[s][0], seed, s, device)
-            context = _ScaleContext(cfg, s, device, precision, reals[s], shapes, segmenter)
+            context = _ScaleContext(
+                cfg,
+                s,
+                device,
+                precision,
+                reals[s],
+                shapes,
+                segmenter,
+                *adversarial_start(cfg, s, reals),
+            )
             _train_scale(context, state, history, callbacks, seed)
             state.completed_scales = s + 1
             payload = checkpoint_payload(cfg, seed, state, pyramid, shapes)
@@ -352,7 +362,16 @@ def scale_trainer_at(
     trainer: ScaleTrainer | None = None
     for s in range(scale + 1):
         _grow(state, cfg, precision, shapes[s][0], seed, s, device)
-        context = _ScaleContext(cfg, s, device, precision, reals[s], shapes, segmenter)
+        context = _ScaleContext(
+            cfg,
+            s,
+            device,
+            precision,
+            reals[s],
+            shapes,
+            segmenter,
+            *adversarial_start(cfg, s, reals),
+        )
         trainer = ScaleTrainer(context, state, seed)
     assert trainer is not None
     return trainer

@@ -127,3 +127,35 @@ def test_checkpoint_holds_the_training_pyramid(tmp_path):
     samples = sample.sample_volumes(model, 2, seed=0, progress=False, precision="float32")
     assert samples.shape == (2, *model.scale_shapes[-1])
     assert np.isfinite(samples).all()
+
+
+def test_adversarial_start_follows_the_switch_and_the_scale():
+    from ctgan.scale_trainer import adversarial_start
+
+    reals = [torch.full((1, 1, 2, 4, 4), float(level)) for level in range(3)]
+    cfg = tiny_config("3d-B", sample_start_scale=1)
+    assert adversarial_start(cfg, 2, reals) == (0, None)  # off: pure noise, the seed
+    on = tiny_config("3d-B", sample_start_scale=1, adversarial_from_sample_start=True)
+    assert adversarial_start(on, 0, reals) == (0, None)  # below the start: unchanged
+    for scale in (1, 2):
+        start, volume = adversarial_start(on, scale, reals)
+        assert start == 1 and volume is reals[0]
+    at_zero = tiny_config("3d-B", sample_start_scale=0, adversarial_from_sample_start=True)
+    assert adversarial_start(at_zero, 2, reals) == (0, None)
+
+
+def test_adversarial_start_changes_only_the_scales_it_covers(tmp_path):
+    seed_run = run(tiny_config("3d-B", sample_start_scale=1), tmp_path / "seed")
+    switched = run(
+        tiny_config("3d-B", sample_start_scale=1, adversarial_from_sample_start=True),
+        tmp_path / "switched",
+    )
+    a = torch.load(tmp_path / "seed" / "checkpoint.pt", weights_only=True)["generator"]
+    b = torch.load(tmp_path / "switched" / "checkpoint.pt", weights_only=True)["generator"]
+    for key in a:
+        if key.startswith("scales.0."):
+            assert torch.equal(a[key], b[key]), key  # scale 0 trains as in the seed
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("scales.1."))
+    scale1 = [seed_run[seed_run.scale == 1], switched[switched.scale == 1]]
+    assert np.isfinite(scale1[1][["d_loss", "g_adv", "rec_psnr"]]).all().all()
+    assert not np.allclose(scale1[0]["g_adv"], scale1[1]["g_adv"])

@@ -470,3 +470,26 @@ def test_segmentation_term_trains_the_generator_and_leaves_the_segmenter(tmp_pat
     newest = [p.grad for p in generator.scales[-1].parameters()]
     assert all(g is not None for g in newest) and sum(g.abs().sum() for g in newest) > 0
     assert all(p.grad is None for p in segmenter.parameters())
+
+
+def test_concurrent_scales_train_the_earlier_scale_at_a_smaller_lr(tmp_path: Path) -> None:
+    cfg = tiny_config("3d-B", concurrent_scales=2, concurrent_lr_scale=0.1)
+    with pytest.raises(Interrupt):
+        run(cfg, tmp_path, callbacks=[interrupt_at_scale(1)])
+    after_scale_0 = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["generator"]
+    history = run(cfg, tmp_path)
+    final = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["generator"]
+    moved = [k for k in after_scale_0 if not torch.equal(final[k], after_scale_0[k])]
+    assert moved and all(k.startswith("scales.0.") for k in moved)  # scale 0 trained with scale 1
+    assert np.isfinite(history.drop(columns=["segmentation"])).all().all()
+    payload = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+    lrs = [group["lr"] for group in payload["optimizers"]["generator"]["param_groups"]]
+    decayed = cfg.train.lr * cfg.train.lr_decay_factor
+    assert lrs == pytest.approx([decayed * 0.1, decayed])  # scale 0 at lr x 0.1, both decayed
+
+
+def test_concurrent_scales_refused_with_the_reference_precision() -> None:
+    with pytest.raises(ValueError, match="concurrent_scales must be 1 with precision 'reference'"):
+        tiny_config("3d-B", concurrent_scales=2, precision="reference")
+    with pytest.raises(ValueError, match="train.concurrent_scales must be >= 1; got 0"):
+        tiny_config("3d-B", concurrent_scales=0)
