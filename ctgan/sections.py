@@ -34,6 +34,13 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be > 0; got {value!r}")
 
 
+def _at_least_one(section: str, obj: Any, names: tuple[str, ...]) -> None:
+    """Every field ``names`` of ``obj`` (a counted quantity) is >= 1."""
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise ValueError(f"{section}.{name} must be >= 1; got {getattr(obj, name)}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the scans come from. ``source`` picks the phantom or a LUNA16 folder."""
@@ -146,19 +153,21 @@ class TrainConfig:
                 f"numerics train one scale at a time, and its BatchNorm keeps earlier scales in "
                 f"eval mode); got {self.concurrent_scales}. Use precision float32 or bf16"
             )
-        for name in (
-            "iterations_per_scale",
-            "g_steps",
-            "d_steps",
-            "seeds",
-            "log_every",
-            "concurrent_scales",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1; got {getattr(self, name)}")
-        for name in ("generator_channels", "discriminator_channels", "slice_generator_channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1; got {getattr(self, name)}")
+        _at_least_one(
+            "train",
+            self,
+            (
+                "iterations_per_scale",
+                "g_steps",
+                "d_steps",
+                "seeds",
+                "log_every",
+                "concurrent_scales",
+                "generator_channels",
+                "discriminator_channels",
+                "slice_generator_channels",
+            ),
+        )
         _positive("train.lr", self.lr)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be two numbers in [0, 1); got {list(self.betas)}")
@@ -188,9 +197,7 @@ class SegmenterConfig:
             raise ValueError(
                 f"segmenter.crop_size must be [D, H, W] with each >= 4; got {list(self.crop_size)}"
             )
-        for name in ("base_channels", "iterations", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"segmenter.{name} must be >= 1; got {getattr(self, name)}")
+        _at_least_one("segmenter", self, ("base_channels", "iterations", "batch_size"))
         _positive("segmenter.lr", self.lr)
 
 
@@ -230,9 +237,7 @@ class GpnnConfig:
                 f"gpnn.search_radius must be [z, y, x] with each >= 0; got "
                 f"{list(self.search_radius)}"
             )
-        for name in ("iterations", "finest_iterations", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"gpnn.{name} must be >= 1; got {getattr(self, name)}")
+        _at_least_one("gpnn", self, ("iterations", "finest_iterations", "chunk_size"))
         _positive("gpnn.alpha", self.alpha)
         if self.noise_sd < 0:
             raise ValueError(f"gpnn.noise_sd must be >= 0; got {self.noise_sd}")
@@ -283,14 +288,9 @@ class DownstreamConfig:
             )
         for model in self.models:
             _choice("downstream.models", model, DOWNSTREAM_MODELS)
-        for name in (
-            "num_volumes",
-            "seeds",
-            "iterations",
-            "base_channels",
-            "batch_size",
-            "test_scans",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"downstream.{name} must be >= 1; got {getattr(self, name)}")
+        _at_least_one(
+            "downstream",
+            self,
+            ("num_volumes", "seeds", "iterations", "base_channels", "batch_size", "test_scans"),
+        )
         _positive("downstream.lr", self.lr)
