@@ -61,8 +61,9 @@ def table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         fractions = " / ".join(f"{r['fractions'][n]:.3f}" for n in TISSUE_NAMES)
+        psnr = "—" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}"
         lines.append(
-            f"| {r['name']} | {'—' if r['psnr_db'] is None else format(r['psnr_db'], '.2f')} | {r['rmse_hu']:.1f} | {r['tissue_l1']:.3f} "
+            f"| {r['name']} | {psnr} | {r['rmse_hu']:.1f} | {r['tissue_l1']:.3f} "
             f"| {r['body_hu_wasserstein']:.1f} | {'yes' if r['chest_like'] else 'no'} "
             f"| {fractions} |"
         )

@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def train_and_score(
     name: str, lever: dict, params: dict, models_dir: Path, threads: int, k: int, seed: int = 0
 ) -> list[dict]:
-    """Train ``lever``'s setting (training seed ``seed``) into ``models_dir/name`` and score it; one row per
-    (start scale, noise factor)."""
+    """Train ``lever``'s setting (training seed ``seed``) into ``models_dir/name`` and score it;
+    one row per (start scale, noise factor)."""
     lever = dict(lever)
     setting = lever.pop("setting", "3d-B")
     pyramid_dir = Path(lever.pop("pyramid_dir", ROOT / "data" / "preprocessed"))
