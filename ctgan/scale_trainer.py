@@ -3,8 +3,9 @@
 One scale s (ctgan-facts §4): a new generator G_s (initialised from G_{s-1}) and discriminator D_s
 (a copy of D_{s-1}) train for ``iterations_for_scale(cfg.train, s, S)`` iterations of ``g_steps``
 generator steps then ``d_steps`` discriminator steps, with fresh Adam optimisers and one lr decay.
-Earlier scales are frozen (unless ``train.concurrent_scales`` > 1, below). Losses: the adversarial one (lsgan | wgangp | zerogp) on a random
-sample, plus the enabled terms of the setting on the reconstruction G(z_rec).
+Earlier scales are frozen (unless ``train.concurrent_scales`` > 1, below). Losses: the
+adversarial one (lsgan | wgangp | zerogp) on a random sample, plus the enabled terms of the
+setting on the reconstruction G(z_rec).
 
 Departures from the seed, on purpose:
 - The noise amplitude of scale s >= 1 is RMSE(up(rec_{s-1}), x_s), computed once per scale from
@@ -31,6 +32,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,7 +69,7 @@ def precision_settings(precision: str) -> Precision:
     raise ValueError(f"train.precision must be float32, bf16 or reference; got {precision!r}")
 
 
-def _derived_seed(seed: int, *keys: int) -> int:
+def derived_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed from the run seed and a path of ints (scale, purpose)."""
     value = int(seed) & 0xFFFFFFFF
     for key in keys:
@@ -75,7 +77,7 @@ def _derived_seed(seed: int, *keys: int) -> int:
     return value
 
 
-_PURPOSE_WEIGHTS, _PURPOSE_NOISE, _PURPOSE_CROPS, _PURPOSE_RECONSTRUCTION = 0, 1, 2, 3
+PURPOSE_WEIGHTS, PURPOSE_NOISE, PURPOSE_CROPS, PURPOSE_RECONSTRUCTION = 0, 1, 2, 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,11 +136,6 @@ def adversarial_start(
     return 0, None
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 def _decay_lr(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], factor: float) -> None:
     """Every parameter group at its own base lr x ``factor``."""
     for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
@@ -163,7 +160,7 @@ def _trained_chain(
 
 
 @dataclass
-class _ScaleContext:
+class ScaleContext:
     cfg: Config
     scale: int
     device: torch.device
@@ -174,6 +171,39 @@ class _ScaleContext:
     # ``adversarial_start``: the scale the adversarial fakes start at, and the real volume below it
     fake_start: int = 0
     fake_start_volume: torch.Tensor | None = None
+
+    @classmethod
+    def at(
+        cls,
+        cfg: Config,
+        scale: int,
+        device: torch.device,
+        precision: Precision,
+        reals: Sequence[torch.Tensor],
+        segmenter: nn.Module | None,
+    ) -> ScaleContext:
+        """Scale ``scale``'s context in a run on ``reals`` (``run_reals``)."""
+        shapes = [tuple(int(v) for v in real.shape[2:]) for real in reals]
+        start = adversarial_start(cfg, scale, reals)
+        return cls(cfg, scale, device, precision, reals[scale], shapes, segmenter, *start)
+
+
+def run_reals(
+    volumes: Sequence[np.ndarray],
+    precision: Precision,
+    device: torch.device,
+    segmenter: nn.Module | None = None,
+) -> list[torch.Tensor]:
+    """The training pyramid's volumes as ``(1, 1, D, H, W)`` tensors of the run's dtype on
+    ``device``; the segmenter, when given, is frozen there (eval mode, no gradients)."""
+    if segmenter is not None:
+        segmenter.requires_grad_(False)
+        segmenter.eval()
+        segmenter.to(device)
+    return [
+        torch.as_tensor(np.asarray(volume), dtype=precision.dtype).to(device)[None, None]
+        for volume in volumes
+    ]
 
 
 class ScaleTrainer:
@@ -186,7 +216,7 @@ class ScaleTrainer:
     reads values back to the host.
     """
 
-    def __init__(self, context: _ScaleContext, state: RunState, seed: int) -> None:
+    def __init__(self, context: ScaleContext, state: RunState, seed: int) -> None:
         self.context = context
         self.state = state
         cfg, s, device = context.cfg, context.scale, context.device
@@ -196,10 +226,10 @@ class ScaleTrainer:
         self.generator, self.discriminator = state.generator, state.discriminator
         self.d_loss_fn, self.g_loss_fn = _adversarial_losses(cfg.train.adversarial_loss)
         self.noise_generator = torch.Generator(device=device).manual_seed(
-            _derived_seed(seed, s, _PURPOSE_NOISE)
+            derived_seed(seed, s, PURPOSE_NOISE)
         )
         self.crop_generator = torch.Generator(device="cpu").manual_seed(
-            _derived_seed(seed, s, _PURPOSE_CROPS)
+            derived_seed(seed, s, PURPOSE_CROPS)
         )
         with bf16_autocast(device, self.autocast):
             rec_previous = _frozen_chain(self.generator, state.reconstruction_noise, s)
@@ -245,9 +275,8 @@ class ScaleTrainer:
         with bf16_autocast(context.device, self.autocast):
             previous = self.rec_previous
             if self.first_trained < s:
-                previous = self.rec_base
-                for t in range(self.first_trained, s):
-                    previous = self.generator.forward_scale(t, noise[t], previous)
+                first = self.first_trained
+                previous = _trained_chain(self.generator, noise, s, first, first, self.rec_base)
             return self.generator.forward_scale(s, noise[s], previous).to(self.dtype)
 
     def iteration(self, i: int) -> None:
@@ -259,7 +288,7 @@ class ScaleTrainer:
         generator, discriminator = self.generator, self.discriminator
         if i == self.decay_at:
             _decay_lr(self.opt_g, self.g_base_lrs, train_cfg.lr_decay_factor)
-            _set_lr(self.opt_d, train_cfg.lr * train_cfg.lr_decay_factor)
+            _decay_lr(self.opt_d, [train_cfg.lr], train_cfg.lr_decay_factor)
         # ---- generator steps
         discriminator.requires_grad_(False)
         self.segmentation_value = torch.full((), float("nan"))

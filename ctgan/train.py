@@ -42,14 +42,14 @@ from ctgan.nets import GeneratorPyramid, grow_discriminator, make_reconstruction
 from ctgan.progress import progress_bar
 from ctgan.runtime import freed_memory_kept
 from ctgan.scale_trainer import (
-    _PURPOSE_RECONSTRUCTION,
-    _PURPOSE_WEIGHTS,
+    PURPOSE_RECONSTRUCTION,
+    PURPOSE_WEIGHTS,
     Precision,
+    ScaleContext,
     ScaleTrainer,
-    _derived_seed,
-    _ScaleContext,
-    adversarial_start,
+    derived_seed,
     precision_settings,
+    run_reals,
 )
 
 # Loading and reading trained models lives in ctgan.checkpoint / ctgan.history, one scale's
@@ -160,7 +160,7 @@ def _check_inputs(cfg: Config, pyramid: PyramidLike, segmenter: nn.Module | None
 
 
 def _train_scale(
-    context: _ScaleContext,
+    context: ScaleContext,
     state: RunState,
     history: HistoryWriter,
     callbacks: Sequence[Callback],
@@ -201,7 +201,7 @@ def _grow(
 ) -> None:
     """Add scale ``scale`` to the generator and grow the discriminator (seeded by (seed, scale))."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_derived_seed(seed, scale, _PURPOSE_WEIGHTS))
+        torch.manual_seed(derived_seed(seed, scale, PURPOSE_WEIGHTS))
         state.generator.add_scale(depth)
         state.discriminator = grow_discriminator(
             state.discriminator, cfg.train.discriminator_channels, precision.norm
@@ -237,14 +237,7 @@ def train_model(
         torch.backends.cudnn.benchmark = True  # fixed shapes within a scale: autotune the convs
     precision = precision_settings(cfg.train.precision)
     shapes = [tuple(int(v) for v in np.shape(volume)) for volume in pyramid.volumes]
-    reals = [
-        torch.as_tensor(np.asarray(volume), dtype=precision.dtype).to(device)[None, None]
-        for volume in pyramid.volumes
-    ]
-    if segmenter is not None:
-        segmenter.requires_grad_(False)
-        segmenter.eval()
-        segmenter.to(device)
+    reals = run_reals(pyramid.volumes, precision, device, segmenter)
 
     checkpoint_path = out_dir / CHECKPOINT_NAME
     state = _start_or_resume(cfg, seed, checkpoint_path, out_dir, shapes, precision, device)
@@ -259,16 +252,7 @@ def train_model(
     with freed_memory_kept(keep):
         for s in range(state.completed_scales, len(shapes)):
             _grow(state, cfg, precision, shapes[s][0], seed, s, device)
-            context = _ScaleContext(
-                cfg,
-                s,
-                device,
-                precision,
-                reals[s],
-                shapes,
-                segmenter,
-                *adversarial_start(cfg, s, reals),
-            )
+            context = ScaleContext.at(cfg, s, device, precision, reals, segmenter)
             _train_scale(context, state, history, callbacks, seed)
             state.completed_scales = s + 1
             payload = checkpoint_payload(cfg, seed, state, pyramid, shapes)
@@ -288,7 +272,7 @@ def _start_or_resume(
 ) -> RunState:
     if not checkpoint_path.exists():
         rec_generator = torch.Generator(device=device).manual_seed(
-            _derived_seed(seed, _PURPOSE_RECONSTRUCTION)
+            derived_seed(seed, PURPOSE_RECONSTRUCTION)
         )
         channels = (
             cfg.train.generator_channels
@@ -339,19 +323,12 @@ def scale_trainer_at(
     device = resolve_device(cfg.train.device)
     precision = precision_settings(cfg.train.precision)
     shapes = [tuple(int(v) for v in np.shape(volume)) for volume in volumes]
-    reals = [
-        torch.as_tensor(np.asarray(volume), dtype=precision.dtype).to(device)[None, None]
-        for volume in volumes
-    ]
-    if segmenter is not None:
-        segmenter.requires_grad_(False)
-        segmenter.eval()
-        segmenter.to(device)
+    reals = run_reals(volumes, precision, device, segmenter)
     channels = (
         cfg.train.generator_channels if cfg.model == "3d" else cfg.train.slice_generator_channels
     )
     rec_generator = torch.Generator(device=device).manual_seed(
-        _derived_seed(seed, _PURPOSE_RECONSTRUCTION)
+        derived_seed(seed, PURPOSE_RECONSTRUCTION)
     )
     state = RunState(
         GeneratorPyramid(cfg.model or "3d", channels, precision.norm),
@@ -362,16 +339,8 @@ def scale_trainer_at(
     trainer: ScaleTrainer | None = None
     for s in range(scale + 1):
         _grow(state, cfg, precision, shapes[s][0], seed, s, device)
-        context = _ScaleContext(
-            cfg,
-            s,
-            device,
-            precision,
-            reals[s],
-            shapes,
-            segmenter,
-            *adversarial_start(cfg, s, reals),
+        trainer = ScaleTrainer(
+            ScaleContext.at(cfg, s, device, precision, reals, segmenter), state, seed
         )
-        trainer = ScaleTrainer(context, state, seed)
     assert trainer is not None
     return trainer
