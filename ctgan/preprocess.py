@@ -273,6 +273,17 @@ def resize_volume(array: np.ndarray, shape_zyx: tuple[int, int, int]) -> np.ndar
     return resized[0, 0].numpy()
 
 
+def _portable_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies under it (the pipeline runs at the
+    repository root), so that the pyramid's bytes, and DVC's hash of them, do not depend on where
+    the repository was cloned; absolute otherwise."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def preprocess_scan(
     folder: Luna16Folder,
     seriesuid: str | None,
@@ -299,7 +310,7 @@ def preprocess_scan(
     meta = {
         "seriesuid": uid,
         "source": source,
-        "scan_path": str(scan.path),
+        "scan_path": _portable_path(scan.path),
         "origin_xyz_mm": list(scan.origin_xyz_mm),
         "direction": list(scan.direction),
         "spacing_xyz_mm": list(scan.spacing_xyz_mm),

@@ -59,6 +59,24 @@ def test_resize_keeps_corners() -> None:
     assert out[-1, -1, -1] == pytest.approx(volume[-1, -1, -1])
 
 
+def test_scan_path_does_not_depend_on_the_clone(
+    tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clones at different places write the same pyramid bytes (DVC hashes them)."""
+    metas = []
+    for clone in ("a", "clone-b"):
+        root = tmp_path / clone
+        shutil.copytree(tiny_phantom, root / "data" / "phantom")
+        monkeypatch.chdir(root)
+        pyramid = preprocess_scan(Luna16Folder(Path("data/phantom")), None, SMOKE)
+        metas.append(pyramid.meta)
+    assert metas[0] == metas[1]
+    assert metas[0]["scan_path"].startswith("data/phantom/")
+    monkeypatch.chdir(tmp_path / "a" / "data")  # the scan outside the working directory
+    outside = preprocess_scan(Luna16Folder(tmp_path / "clone-b" / "data" / "phantom"), None, SMOKE)
+    assert Path(outside.meta["scan_path"]).is_absolute()
+
+
 def test_preprocess_phantom(tiny_phantom: Path, tmp_path: Path) -> None:
     folder = Luna16Folder(tiny_phantom)
     uid = folder.seriesuids()[0]
