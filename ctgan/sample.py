@@ -44,6 +44,12 @@ from tqdm.auto import tqdm
 
 from ctgan.layers import bf16_autocast
 from ctgan.nets import make_noise
+from ctgan.sample_start import (
+    check_injection_scale,
+    resolve_start_scale,
+    sampling_amplitudes,
+    start_volumes,
+)
 
 if TYPE_CHECKING:
     from ctgan.train import TrainedModel
@@ -197,14 +203,20 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 
 def _per_sample_noise(
-    model: TrainedModel, shapes: list[Shape3], n: int, seed: int, dtype: torch.dtype
+    model: TrainedModel,
+    shapes: list[Shape3],
+    n: int,
+    seed: int,
+    dtype: torch.dtype,
+    amplitudes: Sequence[float] | None = None,
 ) -> list[list[torch.Tensor]]:
     """Noise maps for ``n`` samples, drawn one sample after the other from one seeded CPU
-    generator: sample ``i`` depends only on ``seed`` and ``i`` (not on the batch size or device)."""
+    generator: sample ``i`` depends only on ``seed`` and ``i`` (not on the batch size or device).
+    ``amplitudes``: per level (default: the model's trained ones)."""
+    amplitudes = model.noise_amplitudes if amplitudes is None else amplitudes
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     return [
-        make_noise(shapes, model.noise_amplitudes, 1, generator, torch.device("cpu"), dtype)
-        for _ in range(n)
+        make_noise(shapes, amplitudes, 1, generator, torch.device("cpu"), dtype) for _ in range(n)
     ]
 
 
@@ -238,9 +250,14 @@ def _run_batches(
             kwargs: dict[str, Any] = {}
             if start_scale > 0:
                 assert start_volume is not None
+                volume = (
+                    start_volume[start : start + len(chunk)]
+                    if len(start_volume) > 1
+                    else start_volume
+                )
                 kwargs = {
                     "start_scale": start_scale,
-                    "start_volume": start_volume.to(device).expand(len(chunk), -1, -1, -1, -1),
+                    "start_volume": volume.to(device).expand(len(chunk), -1, -1, -1, -1),
                 }
             volumes = model.generator(batch, **kwargs)  # (B, 1, D, H, W)
             out.append(volumes[:, 0].float().clamp(-1, 1).cpu().numpy())
@@ -262,8 +279,9 @@ def sample_volumes(
 
     ``start_scale``: the level generation starts at (None: the model's
     ``train.sample_start_scale``). 0 is SinGAN's random sample from pure noise; ``k > 0`` starts
-    from the real training volume of level ``k - 1`` (saved in the checkpoint), so the coarse
-    anatomy is the scan's and levels ``k`` and finer draw fresh noise (SinGAN's gen_start_scale).
+    from a volume of level ``k - 1`` and levels ``k`` and finer draw fresh noise (SinGAN's
+    gen_start_scale): the real training volume of that level (saved in the checkpoint), or with
+    ``train.sample_start_source: gpnn`` one GPNN layout per sample (``ctgan.sample_start``).
 
     ``scale`` = per-axis size factor (z, y, x) applied to the noise maps of every level (checked
     before any work, see :func:`scaled_shapes`). The same ``seed`` gives identical volumes, and
@@ -277,7 +295,7 @@ def sample_volumes(
     device = _resolve_device(model, device)
     precision = resolve_precision(precision, device)
     _, dtype = _generator_device_dtype(model)
-    noises = _per_sample_noise(model, shapes, n, seed, dtype)
+    noises = _per_sample_noise(model, shapes, n, seed, dtype, sampling_amplitudes(model, start))
     log.debug(
         "sampling %d volume(s) of shape %s (scale %s, seed %d, %s, start scale %d)",
         n,
@@ -289,51 +307,8 @@ def sample_volumes(
     )
     if start == 0:
         return _run_batches(model, noises, batch_size, device, progress, precision)
-    assert model.real_volumes is not None
-    volume = torch.as_tensor(model.real_volumes[start - 1], dtype=dtype)[None, None]
+    volume = start_volumes(model, start, n, seed).to(dtype=dtype)
     return _run_batches(model, noises, batch_size, device, progress, precision, start, volume)
-
-
-def resolve_start_scale(
-    model: TrainedModel, start_scale: int | None, scale: Sequence[float] = (1.0, 1.0, 1.0)
-) -> int:
-    """The level random samples start at: ``start_scale``, or the model's configured one.
-
-    Samples of another size (``scale`` not all 1) have no real volume of their size to start
-    from: with the model's default they start at 0, and an explicit ``start_scale > 0`` is an error.
-    """
-    start = model.config.train.sample_start_scale if start_scale is None else start_scale
-    last = len(model.scale_shapes) - 1
-    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= last:
-        raise ValueError(
-            f"start scale must be an integer between 0 and {last} (this model has {last + 1} "
-            f"scales; 0 = pure noise); got {start!r}"
-        )
-    if start == 0:
-        return 0
-    if model.config.model == "2d":
-        raise ValueError(
-            f"2D models sample from scale 0 only (no noise above the coarsest scale: every sample "
-            f"starting at scale {start} would be the same volume); got start scale {start}"
-        )
-    if getattr(model, "real_volumes", None) is None:
-        raise ValueError(
-            f"{model.model_dir} was trained before checkpoints held the training pyramid, so it "
-            f"cannot start sampling at scale {start}; pass start_scale=0 (ctgan sample "
-            f"--start-scale 0) or retrain the model"
-        )
-    if tuple(float(v) for v in scale) != (1.0, 1.0, 1.0):
-        if (
-            start_scale is None
-        ):  # the model's default: other sizes have no real volume to start from
-            log.info("samples of size factor %s start from pure noise (scale 0)", tuple(scale))
-            return 0
-        raise ValueError(
-            f"samples of another size (scale {tuple(scale)}) start from pure noise: the real "
-            f"volume a start scale of {start} begins with has the training size; pass "
-            f"start_scale=0 (ctgan sample --start-scale 0) with --scale"
-        )
-    return start
 
 
 def _check_network_volume(volume: np.ndarray | torch.Tensor, name: str = "volume") -> torch.Tensor:
@@ -354,19 +329,6 @@ def _check_network_volume(volume: np.ndarray | torch.Tensor, name: str = "volume
             f"read_injection_volume"
         )
     return tensor.clamp(-1, 1)
-
-
-def check_injection_scale(model: TrainedModel, scale_index: int) -> int:
-    """Check ``scale_index`` is a level injection can start at: 1 .. num_scales - 1."""
-    last = len(model.scale_shapes) - 1
-    if isinstance(scale_index, bool) or not isinstance(scale_index, int):
-        raise ValueError(f"injection scale must be an integer; got {scale_index!r}")
-    if not 1 <= scale_index <= last:
-        raise ValueError(
-            f"injection scale must be between 1 and {last} (this model has {last + 1} scales, "
-            f"0 = coarsest, which is pure noise and takes no input); got {scale_index}"
-        )
-    return scale_index
 
 
 def inject(

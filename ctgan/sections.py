@@ -22,6 +22,7 @@ ADVERSARIAL_LOSSES = ("lsgan", "wgangp", "zerogp")
 PROJECTION_MODES = ("mean", "edge")
 PRECISIONS = ("float32", "bf16", "reference")
 DEVICES = ("auto", "cpu", "cuda")
+SAMPLE_START_SOURCES = ("real", "gpnn")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -123,6 +124,14 @@ class TrainConfig:
     # Realism switch (not in the seed, which samples from scale 0): random samples start at this
     # scale from the real volume of the scale below (SinGAN's gen_start_scale); 0 = pure noise.
     sample_start_scale: int = 0
+    # What samples starting at sample_start_scale k > 0 start from: "real" (the training volume of
+    # scale k - 1) or "gpnn" (a GPNN sample of scales 0 .. k - 1, one per random sample, from noise
+    # of sd sample_start_noise_sd: a new coarse layout of the scan's own patches; ctgan.sample_start).
+    sample_start_source: str = "real"
+    sample_start_noise_sd: float = 2.5
+    # Random samples' noise amplitudes at the scales >= max(sample_start_scale, 1) times this (the
+    # trained amplitudes: 1.0; less noise, more faithful intensities, less variation).
+    sample_noise_factor: float = 1.0
     # Realism switches of training (docs/realism.md). The noise amplitude of scale s >= 1 is this
     # factor x RMSE(up(rec_{s-1}), x_s): the seed 1.0, official SinGAN and ConSinGAN 0.1.
     noise_amplitude_factor: float = 1.0
@@ -147,6 +156,9 @@ class TrainConfig:
                 f"coarsest scale); got {self.sample_start_scale}"
             )
         _positive("train.concurrent_lr_scale", self.concurrent_lr_scale)
+        _choice("train.sample_start_source", self.sample_start_source, SAMPLE_START_SOURCES)
+        _positive("train.sample_start_noise_sd", self.sample_start_noise_sd)
+        _positive("train.sample_noise_factor", self.sample_noise_factor)
         if self.concurrent_scales > 1 and self.precision == "reference":
             raise ValueError(
                 f"train.concurrent_scales must be 1 with precision 'reference' (the seed's "

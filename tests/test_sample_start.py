@@ -15,7 +15,7 @@ import yaml
 from test_sample import make_model, smooth_volume
 from test_train import run, synthetic_pyramid, tiny_config
 
-from ctgan import sample
+from ctgan import sample, sample_start
 from ctgan.checkpoint import load_trained
 from ctgan.config import load_config, resolve_config
 
@@ -159,3 +159,80 @@ def test_adversarial_start_changes_only_the_scales_it_covers(tmp_path):
     scale1 = [seed_run[seed_run.scale == 1], switched[switched.scale == 1]]
     assert np.isfinite(scale1[1][["d_loss", "g_adv", "rec_psnr"]]).all().all()
     assert not np.allclose(scale1[0]["g_adv"], scale1[1]["g_adv"])
+
+
+def with_source(model: types.SimpleNamespace, source: str, noise_sd: float = 2.5):
+    """``model`` with ``train.sample_start_source`` (and its layout noise) set."""
+    train = dataclasses.replace(
+        model.config.train, sample_start_source=source, sample_start_noise_sd=noise_sd
+    )
+    model.config = dataclasses.replace(model.config, train=train)
+    return model
+
+
+def upsampled(volume: torch.Tensor, shape) -> np.ndarray:
+    return F.interpolate(volume, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
+def test_gpnn_source_starts_each_sample_from_its_own_layout():
+    model = with_source(with_start(make_model("3d-B", identity=True), 1), "gpnn")
+    samples = sample.sample_volumes(
+        model, 3, seed=5, progress=False, precision="float32", batch_size=2
+    )
+    layouts = sample_start.gpnn_layouts(model, 1, 3, seed=5)
+    assert layouts.shape == (3, 1, *model.scale_shapes[0])
+    for i in range(3):  # identity scales add nothing: sample i is layout i upsampled
+        expected = upsampled(layouts[i : i + 1], model.scale_shapes[1])
+        np.testing.assert_allclose(samples[i], expected, atol=1e-5)
+    assert not np.allclose(samples[0], samples[1], atol=0.05)  # new layouts, not one volume
+    # sample i depends only on the seed and i, not on n or the batch size
+    first = sample.sample_volumes(model, 1, seed=5, progress=False, precision="float32")
+    np.testing.assert_allclose(first[0], samples[0], atol=1e-5)
+    other = sample.sample_volumes(model, 1, seed=6, progress=False, precision="float32")
+    assert not np.allclose(other[0], samples[0], atol=0.05)
+
+
+def test_gpnn_layouts_are_the_real_volume_when_their_noise_vanishes():
+    model = with_source(with_start(make_model("3d-B"), 1), "gpnn", noise_sd=1e-4)
+    layouts = sample_start.gpnn_layouts(model, 1, 2, seed=0)
+    real = torch.as_tensor(model.real_volumes[0])
+    for layout in layouts:
+        np.testing.assert_allclose(layout[0].numpy(), real.numpy(), atol=1e-3)
+    real_start = sample_start.start_volumes(with_source(model, "real"), 1, 4, seed=0)
+    assert real_start.shape == (1, 1, *model.scale_shapes[0])  # one volume, shared
+    np.testing.assert_array_equal(real_start[0, 0].numpy(), real.numpy())
+
+
+def test_config_rejects_bad_start_sources():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profile"] = "smoke"
+    raw["train"]["sample_start_source"] = "noise"
+    with pytest.raises(ValueError, match=r"sample_start_source must be one of real, gpnn; got"):
+        resolve_config(raw, setting="3d-B")
+    raw["train"]["sample_start_source"] = "gpnn"
+    raw["train"]["sample_start_noise_sd"] = 0
+    with pytest.raises(ValueError, match=r"sample_start_noise_sd must be > 0"):
+        resolve_config(raw, setting="3d-B")
+    raw["train"]["sample_start_noise_sd"] = 3.0
+    train = resolve_config(raw, setting="3d-B").train
+    assert (train.sample_start_source, train.sample_start_noise_sd) == ("gpnn", 3.0)
+
+
+def test_sample_noise_factor_scales_the_amplitudes_above_the_start():
+    model = with_start(make_model("3d-B"), 1)
+    train = dataclasses.replace(model.config.train, sample_noise_factor=0.5)
+    halved = types.SimpleNamespace(**vars(model))
+    halved.config = dataclasses.replace(model.config, train=train)
+    assert sample_start.sampling_amplitudes(halved, 1) == [1.0, 0.05]
+    assert sample_start.sampling_amplitudes(halved, 0) == [1.0, 0.05]  # never scale 0's
+    by_hand = types.SimpleNamespace(**vars(model))
+    by_hand.noise_amplitudes = [1.0, 0.05]
+    kwargs = {"seed": 2, "progress": False, "precision": "float32"}
+    np.testing.assert_array_equal(
+        sample.sample_volumes(halved, 2, **kwargs), sample.sample_volumes(by_hand, 2, **kwargs)
+    )
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profile"] = "smoke"
+    raw["train"]["sample_noise_factor"] = 0
+    with pytest.raises(ValueError, match=r"sample_noise_factor must be > 0"):
+        resolve_config(raw, setting="3d-B")

@@ -1,0 +1,135 @@
+"""Where random samples start: the scale (SinGAN's gen_start_scale) and the volume below it.
+
+A 3D model's random samples start at ``train.sample_start_scale`` k. At k = 0 they are SinGAN's
+samples from pure noise. At k > 0 the generator's scales k and finer run on a volume of scale
+k - 1 with fresh noise, and ``train.sample_start_source`` says which volume:
+
+- ``real``: the training volume of scale k - 1 (saved in the checkpoint). Every sample has the
+  scan's own coarse anatomy and differs from the others only by what scales k and finer add
+  (README departure 15).
+- ``gpnn``: one GPNN sample (``ctgan.gpnn``) of the training pyramid's scales 0 .. k - 1 per
+  random sample, started from noise of sd ``train.sample_start_noise_sd``: a new coarse layout
+  made of the scan's own patches, which the GAN's finer scales then refine (README departure 21,
+  ``docs/realism.md`` §7). The GPNN search uses the model's ``gpnn`` section (patch size,
+  iterations, alpha, search radius). Layout *i* depends only on the sampling seed and *i*.
+
+``train.sample_noise_factor`` scales the noise amplitudes of the levels at and above the start
+(at least level 1): the trained amplitudes at 1.0; less noise gives more faithful intensities and
+less variation (``docs/realism.md`` §2, §7).
+
+Injection (``ctgan.sample.inject``) starts from a volume the caller gives, at
+:func:`check_injection_scale`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from ctgan.gpnn import generate_gpnn
+
+if TYPE_CHECKING:
+    from ctgan.checkpoint import TrainedModel
+
+log = logging.getLogger(__name__)
+
+
+def resolve_start_scale(
+    model: TrainedModel, start_scale: int | None, scale: Sequence[float] = (1.0, 1.0, 1.0)
+) -> int:
+    """The level random samples start at: ``start_scale``, or the model's configured one.
+
+    Samples of another size (``scale`` not all 1) have no real volume of their size to start
+    from: with the model's default they start at 0, and an explicit ``start_scale > 0`` is an error.
+    """
+    start = model.config.train.sample_start_scale if start_scale is None else start_scale
+    last = len(model.scale_shapes) - 1
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= last:
+        raise ValueError(
+            f"start scale must be an integer between 0 and {last} (this model has {last + 1} "
+            f"scales; 0 = pure noise); got {start!r}"
+        )
+    if start == 0:
+        return 0
+    if model.config.model == "2d":
+        raise ValueError(
+            f"2D models sample from scale 0 only (no noise above the coarsest scale: every sample "
+            f"starting at scale {start} would be the same volume); got start scale {start}"
+        )
+    if getattr(model, "real_volumes", None) is None:
+        raise ValueError(
+            f"{model.model_dir} was trained before checkpoints held the training pyramid, so it "
+            f"cannot start sampling at scale {start}; pass start_scale=0 (ctgan sample "
+            f"--start-scale 0) or retrain the model"
+        )
+    if tuple(float(v) for v in scale) != (1.0, 1.0, 1.0):
+        if (
+            start_scale is None
+        ):  # the model's default: other sizes have no real volume to start from
+            log.info("samples of size factor %s start from pure noise (scale 0)", tuple(scale))
+            return 0
+        raise ValueError(
+            f"samples of another size (scale {tuple(scale)}) start from pure noise: the real "
+            f"volume a start scale of {start} begins with has the training size; pass "
+            f"start_scale=0 (ctgan sample --start-scale 0) with --scale"
+        )
+    return start
+
+
+def check_injection_scale(model: TrainedModel, scale_index: int) -> int:
+    """Check ``scale_index`` is a level injection can start at: 1 .. num_scales - 1."""
+    last = len(model.scale_shapes) - 1
+    if isinstance(scale_index, bool) or not isinstance(scale_index, int):
+        raise ValueError(f"injection scale must be an integer; got {scale_index!r}")
+    if not 1 <= scale_index <= last:
+        raise ValueError(
+            f"injection scale must be between 1 and {last} (this model has {last + 1} scales, "
+            f"0 = coarsest, which is pure noise and takes no input); got {scale_index}"
+        )
+    return scale_index
+
+
+def sampling_amplitudes(model: TrainedModel, start: int) -> list[float]:
+    """The noise amplitudes random samples from ``start`` use: the trained ones, times
+    ``train.sample_noise_factor`` at the levels >= max(``start``, 1)."""
+    factor = model.config.train.sample_noise_factor
+    first = max(start, 1)
+    return [a * factor if s >= first else a for s, a in enumerate(model.noise_amplitudes)]
+
+
+def gpnn_layouts(model: TrainedModel, start: int, n: int, seed: int) -> torch.Tensor:
+    """``n`` GPNN samples of the training pyramid's scales 0 .. ``start`` - 1: float32
+    ``(n, 1, D, H, W)`` at scale ``start - 1``, in [-1, 1] (module docstring)."""
+    assert model.real_volumes is not None and start >= 1
+    gpnn = model.config.gpnn
+    device = gpnn.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    layouts = generate_gpnn(
+        model.real_volumes[:start],
+        n,
+        seed=seed,
+        patch_size=gpnn.patch_size,
+        iterations=gpnn.iterations,
+        finest_iterations=gpnn.iterations,  # the layout's last scale is not the finest
+        alpha=gpnn.alpha,
+        noise_sd=model.config.train.sample_start_noise_sd,
+        search_radius=None if gpnn.exact_search else gpnn.search_radius,
+        chunk_size=gpnn.chunk_size,
+        device=device,
+    )
+    return torch.from_numpy(layouts)[:, None]
+
+
+def start_volumes(model: TrainedModel, start: int, n: int, seed: int) -> torch.Tensor:
+    """The volumes ``n`` random samples from scale ``start`` >= 1 start from, float32: ``(1, 1,
+    D, H, W)`` (the real volume, shared) or ``(n, 1, D, H, W)`` (one GPNN layout per sample)."""
+    assert model.real_volumes is not None
+    source = model.config.train.sample_start_source
+    if source == "gpnn":
+        log.debug("sampling from %d GPNN layout(s) of scales 0..%d", n, start - 1)
+        return gpnn_layouts(model, start, n, seed)
+    return torch.as_tensor(model.real_volumes[start - 1], dtype=torch.float32)[None, None]
