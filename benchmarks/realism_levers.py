@@ -43,11 +43,20 @@ def score(
         varied, k, seed=0, progress=False, precision="float32", start_scale=start
     )
     seconds = (time.perf_counter() - began) / k
-    anatomy = compare_anatomy(network_to_hu(samples), network_to_hu(real)).summary()
-    copies = memorisation(network_to_paper(samples), network_to_paper(real), network_to_paper(rec))
     return {
         "start_scale": start,
         "noise_factor": noise_factor,
+        **score_samples(samples, real, rec),
+        "seconds_per_sample": seconds,
+    }
+
+
+def score_samples(samples: np.ndarray, real: np.ndarray, rec: np.ndarray) -> dict[str, float]:
+    """The report's realism, diversity and memorisation metrics of ``samples`` (K, D, H, W)."""
+    k = len(samples)
+    anatomy = compare_anatomy(network_to_hu(samples), network_to_hu(real)).summary()
+    copies = memorisation(network_to_paper(samples), network_to_paper(real), network_to_paper(rec))
+    return {
         "chest_like": anatomy["chest_like"] * k,
         "lung_fraction_of_body": anatomy["lung_fraction_of_body"],
         "lung_fraction_of_body_real": anatomy["lung_fraction_of_body_real"],
@@ -56,7 +65,6 @@ def score(
         "body_hu_wasserstein": anatomy["body_hu_wasserstein"],
         "diversity": diversity(network_to_paper(samples)),
         "max_ssim_to_training": copies["max_ssim_to_training"],
-        "seconds_per_sample": seconds,
     }
 
 

@@ -40,10 +40,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_and_score(
-    name: str, lever: dict, params: dict, models_dir: Path, threads: int, k: int, seed: int = 0
+    name: str,
+    lever: dict,
+    params: dict,
+    models_dir: Path,
+    threads: int,
+    k: int,
+    seed: int = 0,
+    segmenter_path: Path = ROOT / "models" / "segmenter" / "segmenter.pt",
 ) -> list[dict]:
     """Train ``lever``'s setting (training seed ``seed``) into ``models_dir/name`` and score it;
-    one row per (start scale, noise factor)."""
+    one row per (start scale, noise factor). Settings with the segmentation term train with the
+    frozen segmenter at ``segmenter_path`` (the pipeline's ``segmenter`` stage)."""
     lever = dict(lever)
     setting = lever.pop("setting", "3d-B")
     pyramid_dir = Path(lever.pop("pyramid_dir", ROOT / "data" / "preprocessed"))
@@ -61,7 +69,12 @@ def train_and_score(
     began = time.time()
     from ctgan.train import train_model
 
-    train_model(cfg, pyramid, out, seed=seed)
+    segmenter = None
+    if cfg.uses("segmentation"):
+        from ctgan.segmenter import load_segmenter
+
+        segmenter = load_segmenter(segmenter_path, "cpu")
+    train_model(cfg, pyramid, out, seed=seed, segmenter=segmenter)
     seconds = time.time() - began
     model = load_trained(out)
     real = np.asarray(pyramid.volumes[-1], dtype=np.float32)
@@ -115,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--k", type=int, default=8, help="samples per row (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    parser.add_argument(
+        "--segmenter",
+        type=Path,
+        default=ROOT / "models" / "segmenter" / "segmenter.pt",
+        help="the frozen segmenter for settings with the segmentation term",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/realism_training")
     args = parser.parse_args(argv)
     params = yaml.safe_load(args.params.read_text())
@@ -128,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     jsonl = args.out.with_suffix(".jsonl")
     for name, lever in levers:
         for row in train_and_score(
-            name, lever, params, args.models, args.threads, args.k, args.seed
+            name, lever, params, args.models, args.threads, args.k, args.seed, args.segmenter
         ):
             print(json.dumps(row), flush=True)
             with jsonl.open("a") as handle:
