@@ -1,10 +1,13 @@
 """One figure of several trained 3D models side by side: per model a row with the training
 volume's axial centre slice, the reconstruction and three random samples (float32, sampling seed
 0, each model's own start scale unless --start-scale), lung window, physical aspect ratio; each
-sample titled chest-like or not by ``ctgan.anatomy``.
+sample titled chest-like or not by ``ctgan.anatomy``. A model given as ``FOLDER#SOURCE@FACTOR``
+samples from ``SOURCE`` (``real`` | ``gpnn:<sd>``) with its noise above the start scale times
+``FACTOR`` (``realism_start_source.py``'s variants).
 
     python benchmarks/realism_figure.py benchmarks/models/base benchmarks/models/lr2e-3 \
         --pyramid data/preprocessed --out docs/figures/realism-levers.png
+    python benchmarks/realism_figure.py 'benchmarks/models/c3s-i150#gpnn:2.25@0.25' ...
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from realism_start_source import with_start  # noqa: E402
 
 from ctgan.anatomy import chest_like_flags  # noqa: E402
 from ctgan.checkpoint import load_trained  # noqa: E402
@@ -32,7 +38,9 @@ LUNG_WINDOW = (-1350.0, 150.0)  # W 1500 / L -600 HU
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", type=Path, help="trained 3D model folders")
+    parser.add_argument(
+        "models", nargs="+", help="trained 3D model folders, each FOLDER or FOLDER#SOURCE@FACTOR"
+    )
     parser.add_argument("--pyramid", type=Path, default=Path("data/preprocessed"))
     parser.add_argument("--start-scale", type=int, default=None)
     parser.add_argument("--samples", type=int, default=3)
@@ -45,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     fig, axes = plt.subplots(
         len(args.models), columns, figsize=(2.2 * columns, 2.3 * len(args.models)), squeeze=False
     )
-    for row, folder in zip(axes, args.models, strict=True):
+    for row, spec in zip(axes, args.models, strict=True):
+        path, _, variant = spec.partition("#")
+        folder = Path(path)
         model = load_trained(folder)
+        if variant:
+            source, _, factor = variant.partition("@")
+            model = with_start(model, source, float(factor or 1.0))
         rec = network_to_hu(np.squeeze(reconstruct(model, precision="float32")))
         samples = network_to_hu(
             sample_volumes(
@@ -74,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             ax.set_title(title, fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
-        row[0].set_ylabel(folder.name, fontsize=9)
+        label = folder.name + (f"\n{variant.replace('@', ' x')}" if variant else "")
+        row[0].set_ylabel(label, fontsize=8)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)

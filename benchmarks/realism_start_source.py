@@ -14,7 +14,6 @@ appended to ``--out``.jsonl as they are measured and the markdown table is rewri
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -31,6 +30,7 @@ from realism_levers import score_samples  # noqa: E402
 from ctgan.checkpoint import load_trained  # noqa: E402
 from ctgan.preprocess import load_pyramid  # noqa: E402
 from ctgan.sample import reconstruct, sample_volumes  # noqa: E402
+from ctgan.sample_start import with_sampling  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,17 +39,9 @@ def with_start(model, source: str, factor: float):
     """``model`` sampling from ``source`` (``real`` | ``gpnn:<sd>``) with the noise amplitudes
     above its start scale times ``factor`` (``train.sample_noise_factor``)."""
     kind, _, sd = source.partition(":")
-    train = model.config.train
-    if kind == "gpnn":
-        train = dataclasses.replace(
-            train, sample_start_source="gpnn", sample_start_noise_sd=float(sd or 2.5)
-        )
-    elif kind == "real" and not sd:
-        train = dataclasses.replace(train, sample_start_source="real")
-    else:
+    if kind not in ("real", "gpnn") or (kind == "real" and sd):
         raise SystemExit(f"a source is real or gpnn:<sd>, e.g. gpnn:2.5; got {source!r}")
-    train = dataclasses.replace(train, sample_noise_factor=factor)
-    return dataclasses.replace(model, config=dataclasses.replace(model.config, train=train))
+    return with_sampling(model, kind, float(sd) if sd else None, factor)
 
 
 def table(rows: list[dict]) -> str:

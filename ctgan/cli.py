@@ -104,6 +104,27 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         help="scale random samples start at: 0 = pure noise, k > 0 = the real volume of scale "
         "k-1 with fresh noise above (default: the model's train.sample_start_scale)",
     )
+    p.add_argument(
+        "--start-source",
+        choices=("real", "gpnn"),
+        help="what samples from a start scale k > 0 start from: the real volume of scale k-1, or "
+        "one GPNN layout of the scan's patches per sample (default: the model's "
+        "train.sample_start_source; docs/realism.md)",
+    )
+    p.add_argument(
+        "--start-noise-sd",
+        type=float,
+        metavar="SD",
+        help="with --start-source gpnn: sd of the noise the layouts start from; more = more "
+        "varied (default: the model's train.sample_start_noise_sd)",
+    )
+    p.add_argument(
+        "--noise-factor",
+        type=float,
+        metavar="F",
+        help="noise amplitudes at and above the start scale times F; less = more faithful, less "
+        "varied (default: the model's train.sample_noise_factor)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--overwrite",
@@ -139,6 +160,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     from ctgan import sample as sampling
     from ctgan.io import ensure_writable_dir
+    from ctgan.sample_start import with_sampling
 
     # Every check first: nothing is generated or written until all input is known to be good.
     if args.n < 1:
@@ -165,9 +187,16 @@ def _run_sample(args: argparse.Namespace) -> int:
     shape = sampling.output_shape(model, args.scale)
     spacing = sampling.output_spacing_zyx_mm(model, args.scale)
     start_volume = None
+    start_options = (args.start_source, args.start_noise_sd, args.noise_factor)
+    if injecting and any(option is not None for option in start_options):
+        raise UsageError(
+            "--start-source, --start-noise-sd and --noise-factor are for random samples; "
+            "injection starts from --inject-from with the model's trained noise"
+        )
     if not injecting:
         try:
             sampling.resolve_start_scale(model, args.start_scale, args.scale)
+            model = with_sampling(model, *start_options)
         except ValueError as err:
             raise UsageError(str(err)) from err
     if injecting:

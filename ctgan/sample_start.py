@@ -23,6 +23,7 @@ Injection (``ctgan.sample.inject``) starts from a volume the caller gives, at
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -90,6 +91,30 @@ def check_injection_scale(model: TrainedModel, scale_index: int) -> int:
             f"0 = coarsest, which is pure noise and takes no input); got {scale_index}"
         )
     return scale_index
+
+
+def with_sampling(
+    model: TrainedModel,
+    source: str | None = None,
+    noise_sd: float | None = None,
+    noise_factor: float | None = None,
+) -> TrainedModel:
+    """``model`` with its sampling keys replaced where given (``train.sample_start_source``,
+    ``sample_start_noise_sd``, ``sample_noise_factor``; checked as params.yaml is): a trained
+    model tried with another start, without retraining."""
+    changes = {
+        key: value
+        for key, value in (
+            ("sample_start_source", source),
+            ("sample_start_noise_sd", noise_sd),
+            ("sample_noise_factor", noise_factor),
+        )
+        if value is not None
+    }
+    if not changes:
+        return model
+    train = dataclasses.replace(model.config.train, **changes)
+    return dataclasses.replace(model, config=dataclasses.replace(model.config, train=train))
 
 
 def sampling_amplitudes(model: TrainedModel, start: int) -> list[float]:

@@ -173,6 +173,8 @@ def test_info_prints_the_model(capsys, fake_dir):
         (["--n", "0"], "--n must be >= 1"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--seed", "-1"], "--seed must be >= 0"),
+        (["--noise-factor", "0"], r"train.sample_noise_factor must be > 0; got 0.0"),
+        (["--start-noise-sd", "-1"], r"train.sample_start_noise_sd must be > 0; got -1.0"),
     ],
 )
 def test_sample_bad_numbers(capsys, fake_dir, tmp_path, no_work, extra, match):
@@ -225,6 +227,10 @@ def test_sample_start_scale_is_checked(capsys, fake_dir, tmp_path, no_work):
         (
             ["--start-scale", "1", "--inject-from", volume, "--inject-scale", "1"],
             "--start-scale cannot be combined with --inject-from",
+        ),
+        (
+            ["--start-source", "gpnn", "--inject-from", volume, "--inject-scale", "1"],
+            "--start-source, --start-noise-sd and --noise-factor are for random samples",
         ),
     ]
     for extra, match in cases:
