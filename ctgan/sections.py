@@ -130,7 +130,7 @@ class TrainConfig:
     sample_start_source: str = "real"
     sample_start_noise_sd: float = 2.5
     # Random samples' noise amplitudes at the scales >= max(sample_start_scale, 1) times this (the
-    # trained amplitudes: 1.0; less noise, more faithful intensities, less variation).
+    # trained amplitudes: 1.0; less noise, more faithful intensities, less variation; 0: none).
     sample_noise_factor: float = 1.0
     # Realism switches of training (docs/realism.md). The noise amplitude of scale s >= 1 is this
     # factor x RMSE(up(rec_{s-1}), x_s): the seed 1.0, official SinGAN and ConSinGAN 0.1.
@@ -158,7 +158,11 @@ class TrainConfig:
         _positive("train.concurrent_lr_scale", self.concurrent_lr_scale)
         _choice("train.sample_start_source", self.sample_start_source, SAMPLE_START_SOURCES)
         _positive("train.sample_start_noise_sd", self.sample_start_noise_sd)
-        _positive("train.sample_noise_factor", self.sample_noise_factor)
+        if not self.sample_noise_factor >= 0:
+            raise ValueError(
+                f"train.sample_noise_factor must be >= 0 (1.0 = the trained amplitudes, 0 = no "
+                f"noise above the start scale); got {self.sample_noise_factor!r}"
+            )
         if self.concurrent_scales > 1 and self.precision == "reference":
             raise ValueError(
                 f"train.concurrent_scales must be 1 with precision 'reference' (the seed's "

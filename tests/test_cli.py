@@ -173,7 +173,7 @@ def test_info_prints_the_model(capsys, fake_dir):
         (["--n", "0"], "--n must be >= 1"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--seed", "-1"], "--seed must be >= 0"),
-        (["--noise-factor", "0"], r"train.sample_noise_factor must be > 0; got 0.0"),
+        (["--noise-factor", "-1"], r"train.sample_noise_factor must be >= 0 .*got -1.0"),
         (["--start-noise-sd", "-1"], r"train.sample_start_noise_sd must be > 0; got -1.0"),
     ],
 )

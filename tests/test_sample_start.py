@@ -233,6 +233,8 @@ def test_sample_noise_factor_scales_the_amplitudes_above_the_start():
     )
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["profile"] = "smoke"
-    raw["train"]["sample_noise_factor"] = 0
-    with pytest.raises(ValueError, match=r"sample_noise_factor must be > 0"):
+    raw["train"]["sample_noise_factor"] = -0.5
+    with pytest.raises(ValueError, match=r"sample_noise_factor must be >= 0 .*got -0.5"):
         resolve_config(raw, setting="3d-B")
+    raw["train"]["sample_noise_factor"] = 0  # no noise above the start: allowed
+    assert resolve_config(raw, setting="3d-B").train.sample_noise_factor == 0
