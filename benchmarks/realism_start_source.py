@@ -45,6 +45,11 @@ def with_start(model, source: str, factor: float):
 
 
 def table(rows: list[dict]) -> str:
+    """The rows grouped by model (in the order measured), start, noise factor and seed."""
+    order = {name: i for i, name in reversed(list(enumerate(r["model"] for r in rows)))}
+    rows = sorted(
+        rows, key=lambda r: (order[r["model"]], r["source"], -r["noise_factor"], r["seed"])
+    )
     header = (
         "| model | start from | noise × | seed | chest-like | lung fraction of body (real) "
         "| both sides | tissue L1 | body W1 HU | diversity | max SSIM to training "
