@@ -68,6 +68,17 @@ def score_samples(samples: np.ndarray, real: np.ndarray, rec: np.ndarray) -> dic
     }
 
 
+def score_cells(row: dict, k: int) -> str:
+    """A table row's realism cells, from chest-like to the highest SSIM to training."""
+    return (
+        f"| {row['chest_like']:.0f}/{k} "
+        f"| {row['lung_fraction_of_body']:.3f} ({row['lung_fraction_of_body_real']:.3f}) "
+        f"| {row['lungs_both_sides']:.0f}/{k} | {row['tissue_l1']:.3f} "
+        f"| {row['body_hu_wasserstein']:.1f} | {row['diversity']:.3f} "
+        f"| {row['max_ssim_to_training']:.3f} |"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=Path, help="model folders (models/3d-B ...)")
@@ -95,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "| tissue L1 | body W1 HU | diversity | max SSIM to training |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
-        f"| {r['model']} | {r['start_scale']} | {r['noise_factor']:g} | {r['chest_like']:.0f}/{args.k} "
-        f"| {r['lung_fraction_of_body']:.3f} ({r['lung_fraction_of_body_real']:.3f}) "
-        f"| {r['lungs_both_sides']:.0f}/{args.k} | {r['tissue_l1']:.3f} "
-        f"| {r['body_hu_wasserstein']:.1f} | {r['diversity']:.3f} | {r['max_ssim_to_training']:.3f} |"
+        f"| {r['model']} | {r['start_scale']} | {r['noise_factor']:g} " + score_cells(r, args.k)
         for r in rows
     ]
     args.out.with_suffix(".md").write_text(header + "\n".join(lines) + "\n")

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from realism_levers import score_samples  # noqa: E402
+from realism_levers import score_cells, score_samples  # noqa: E402
 
 from ctgan.checkpoint import load_trained  # noqa: E402
 from ctgan.preprocess import load_pyramid  # noqa: E402
@@ -57,11 +57,8 @@ def table(rows: list[dict]) -> str:
     )
     lines = [
         f"| {r['model']} | {r['source']} | {r['noise_factor']:g} | {r['seed']} "
-        f"| {r['chest_like']:.0f}/{r['k']} "
-        f"| {r['lung_fraction_of_body']:.3f} ({r['lung_fraction_of_body_real']:.3f}) "
-        f"| {r['lungs_both_sides']:.0f}/{r['k']} | {r['tissue_l1']:.3f} "
-        f"| {r['body_hu_wasserstein']:.1f} | {r['diversity']:.3f} "
-        f"| {r['max_ssim_to_training']:.3f} | {r['seconds_per_sample']:.2f} |"
+        + score_cells(r, r["k"])
+        + f" {r['seconds_per_sample']:.2f} |"
         for r in rows
     ]
     return header + "\n".join(lines) + "\n"

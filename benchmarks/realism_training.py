@@ -28,7 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from realism_levers import score  # noqa: E402
+from realism_levers import score, score_cells  # noqa: E402
 
 from ctgan.checkpoint import load_trained  # noqa: E402
 from ctgan.config import resolve_config  # noqa: E402
@@ -110,11 +110,7 @@ def table(rows: list[dict], k: int) -> str:
     )
     lines = [
         f"| {r['name']} | {r['train_s']} ({r['threads']}) | {' / '.join(map(str, r['rec_psnr']))} "
-        f"| {r['start_scale']} | {r['noise_factor']:g} | {r['chest_like']:.0f}/{k} "
-        f"| {r['lung_fraction_of_body']:.3f} ({r['lung_fraction_of_body_real']:.3f}) "
-        f"| {r['lungs_both_sides']:.0f}/{k} | {r['tissue_l1']:.3f} "
-        f"| {r['body_hu_wasserstein']:.1f} | {r['diversity']:.3f} "
-        f"| {r['max_ssim_to_training']:.3f} |"
+        f"| {r['start_scale']} | {r['noise_factor']:g} " + score_cells(r, k)
         for r in rows
     ]
     return header + "\n".join(lines) + "\n"
