@@ -21,20 +21,9 @@ import torch
 from ctgan.config import GpnnConfig
 from ctgan.evaluate import check_finite, result_from_summary, summarise_seeds
 from ctgan.features import SegmenterLike
-from ctgan.gpnn import generate_gpnn, reconstruct_gpnn
+from ctgan.gpnn import generate_gpnn, gpnn_options, reconstruct_gpnn
 from ctgan.io import atomic_write, ensure_writable_dir
 from ctgan.metrics import MetricInputs, available_metrics, compute_metrics
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU raises."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"gpnn.device must be auto, cpu or cuda; got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("gpnn.device is 'cuda' but no CUDA device is available; use auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def evaluate_gpnn(
@@ -53,17 +42,8 @@ def evaluate_gpnn(
     of ``ctgan.evaluate.evaluate_model`` (name/model "gpnn", setting "-", one seed) plus
     ``timing`` (seconds per sample, device, threads).
     """
-    device = resolve_device(gpnn.device)
-    options = {
-        "patch_size": gpnn.patch_size,
-        "iterations": gpnn.iterations,
-        "finest_iterations": gpnn.finest_iterations,
-        "alpha": gpnn.alpha,
-        "start_scale": gpnn.start_scale,
-        "search_radius": None if gpnn.exact_search else gpnn.search_radius,
-        "chunk_size": gpnn.chunk_size,
-        "device": device,
-    }
+    options = gpnn_options(gpnn)
+    device = options["device"]
     started = time.perf_counter()
     samples = generate_gpnn(
         pyramid.volumes, num_samples, seed=seed, noise_sd=gpnn.noise_sd, **options

@@ -36,10 +36,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ctgan.sections import GpnnConfig
 
 log = logging.getLogger(__name__)
 
@@ -326,3 +330,29 @@ def reconstruct_gpnn(pyramid_volumes: Sequence[np.ndarray | torch.Tensor], **kwa
     """The noise-free GPNN output ``(D, H, W)``: :func:`generate_gpnn` with ``noise_sd=0``."""
     kwargs.pop("noise_sd", None)
     return generate_gpnn(pyramid_volumes, 1, noise_sd=0.0, **kwargs)[0]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU raises."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"gpnn.device must be auto, cpu or cuda; got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("gpnn.device is 'cuda' but no CUDA device is available; use auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def gpnn_options(gpnn: GpnnConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`generate_gpnn` and :func:`reconstruct_gpnn` that a
+    ``gpnn`` section of params.yaml sets (all but the noise), with its device resolved."""
+    return {
+        "patch_size": gpnn.patch_size,
+        "iterations": gpnn.iterations,
+        "finest_iterations": gpnn.finest_iterations,
+        "alpha": gpnn.alpha,
+        "start_scale": gpnn.start_scale,
+        "search_radius": None if gpnn.exact_search else gpnn.search_radius,
+        "chunk_size": gpnn.chunk_size,
+        "device": resolve_device(gpnn.device),
+    }

@@ -145,13 +145,29 @@ def test_generate_rejects_bad_volumes():
 
 
 def test_resolve_device():
-    assert baseline.resolve_device("cpu") == torch.device("cpu")
+    assert gpnn.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="must be auto, cpu or cuda"):
-        baseline.resolve_device("tpu")
+        gpnn.resolve_device("tpu")
     if not torch.cuda.is_available():
-        assert baseline.resolve_device("auto") == torch.device("cpu")
+        assert gpnn.resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ValueError, match="no CUDA device"):
-            baseline.resolve_device("cuda")
+            gpnn.resolve_device("cuda")
+
+
+def test_gpnn_options_map_every_config_key_but_the_noise():
+    config = GpnnConfig(patch_size=(1, 3, 3), exact_search=True, device="cpu", start_scale=1)
+    options = gpnn.gpnn_options(config)
+    assert options["search_radius"] is None  # exact search
+    assert options["device"] == torch.device("cpu")
+    assert options["patch_size"] == (1, 3, 3) and options["start_scale"] == 1
+    windowed = gpnn.gpnn_options(GpnnConfig(search_radius=(0, 2, 2), device="cpu"))
+    assert windowed["search_radius"] == (0, 2, 2)
+    # every option is a keyword of generate_gpnn, and only the noise (and the pyramid) is left
+    import inspect
+
+    keywords = set(inspect.signature(gpnn.generate_gpnn).parameters)
+    assert set(options) <= keywords
+    assert keywords - set(options) == {"pyramid_volumes", "num_samples", "seed", "noise_sd"}
 
 
 def test_evaluate_gpnn_has_the_evaluate_layout_and_timing(segmenter, tmp_path):
