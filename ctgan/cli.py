@@ -260,7 +260,15 @@ def _check_provenance_and_masks(model, args: argparse.Namespace, device: str):
     from ctgan.provenance import model_provenance, nifti_fields
 
     if args.format == "nii.gz":  # the last sample has the longest index
-        nifti_fields(model_provenance(model, args.seed, args.n - 1, inject_scale=args.inject_scale))
+        last = model_provenance(
+            model,
+            args.seed,
+            args.n - 1,
+            inject_scale=args.inject_scale,
+            scale=tuple(args.scale),
+            start_scale=args.start_scale,
+        )
+        nifti_fields(last)
     if not args.with_masks:
         if args.segmenter is not None:
             raise UsageError("--segmenter is only used with --with-masks; add --with-masks")
@@ -281,6 +289,7 @@ def _write_samples(model, volumes, paths, args: argparse.Namespace, segmenter):
         args.seed,
         scale=tuple(args.scale),
         inject_scale=args.inject_scale,
+        start_scale=args.start_scale,
         segmenter=segmenter,
     )
     for result in written:

@@ -166,11 +166,13 @@ def write_samples(
     *,
     scale: Sequence[float] = (1.0, 1.0, 1.0),
     inject_scale: int | None = None,
+    start_scale: int | None = None,
     segmenter: Segmenter | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``volumes`` ``(n, D, H, W)`` (drawn with ``seed``; volume i = sample i) to ``paths``
     with their provenance, and their paired masks when a ``segmenter`` is given
-    (:func:`export_sample`); one result dict per volume."""
+    (:func:`export_sample`); one result dict per volume. Random samples (no ``inject_scale``)
+    started at ``start_scale`` (None: the model's own), as their provenance records."""
     if len(paths) != len(volumes):
         raise ValueError(
             f"write_samples needs one path per volume; got {len(paths)} paths for "
@@ -181,7 +183,14 @@ def write_samples(
             model,
             volume,
             path,
-            model_provenance(model, seed, index, inject_scale=inject_scale, scale=tuple(scale)),
+            model_provenance(
+                model,
+                seed,
+                index,
+                inject_scale=inject_scale,
+                scale=tuple(scale),
+                start_scale=start_scale,
+            ),
             scale,
             segmenter,
         )

@@ -3,7 +3,8 @@
 A :class:`Provenance` names what made a file: the ctgan version, the model (3d | 2d), its
 setting and training seed (the ``models/<setting>/seed<k>`` folder), the sampling seed and the
 sample's index, how it was made (a random sample, an injection at scale n, or the reconstruction
-from the model's fixed noise), its size factor, what the file holds (``volume``, ``lungs``,
+from the model's fixed noise; for a random sample also its start scale, what it started from
+and its noise factor: ``ctgan.sample_start.sampling_recipe``), its size factor, what the file holds (``volume``, ``lungs``,
 ``nodules``) and the seriesuid of the scan the model learnt from. Real scans carry none of this: :func:`read_provenance` returns None for them.
 
 Where it is written (measured with SimpleITK 2.5 / ITK 5.4 and read back with nibabel 5.4):
@@ -17,7 +18,8 @@ Where it is written (measured with SimpleITK 2.5 / ITK 5.4 and read back with ni
   injection at scale n, `` rec`` for the reconstruction from the fixed noise; ``intent_name``
   (15 characters) = ``ctgan <version>``. SimpleITK never writes ``intent_name`` (it reads it),
   so :func:`stamp_nifti_intent` sets it in the written file's header, and for masks also
-  ``intent_code`` 1002 (NIFTI_INTENT_LABEL). The size factor, profile and content do not fit: the
+  ``intent_code`` 1002 (NIFTI_INTENT_LABEL). The size factor, profile, sampling recipe and
+  content do not fit: the
   label intent and the file name (``<name>_lungs`` / ``<name>_nodules``) tell the content.
 """
 
@@ -52,6 +54,7 @@ METAIMAGE_KEYS = (
     "scale",
     "content",
     "source_seriesuid",
+    "sampling",
 )
 # NIfTI-1 text fields (characters, without the terminating NUL) and their place in the header.
 NIFTI_DESCRIP_CHARS = 79
@@ -85,6 +88,8 @@ class Provenance:
     content: str = "volume"
     profile: str = ""
     version: str = __version__
+    # a random sample's recipe, e.g. "start 1 gpnn sd 2.25, noise x0.25" ("" for other modes)
+    sampling: str = ""
 
     def __post_init__(self) -> None:
         if self.content not in CONTENTS:
@@ -99,6 +104,11 @@ class Provenance:
             raise ValueError(
                 f"provenance inject_scale goes with mode 'inject' only; got mode {self.mode!r} "
                 f"and inject_scale {self.inject_scale!r}"
+            )
+        if self.sampling and self.mode != "sample":
+            raise ValueError(
+                f"provenance sampling describes random samples only; got mode {self.mode!r} and "
+                f"sampling {self.sampling!r}"
             )
         for name in ("model_seed", "sample_seed", "sample_index"):
             value = getattr(self, name)
@@ -118,11 +128,18 @@ def model_provenance(
     inject_scale: int | None = None,
     scale: tuple[float, float, float] | list[float] = (1.0, 1.0, 1.0),
     reconstruction: bool = False,
+    start_scale: int | None = None,
 ) -> Provenance:
     """The provenance of sample ``sample_index`` drawn with ``sample_seed`` from ``model`` (an
     injection at ``inject_scale``; with ``reconstruction`` the model's reconstruction from its
-    fixed noise)."""
+    fixed noise; else a random sample from ``start_scale``, default the model's own)."""
+    from ctgan.sample_start import resolve_start_scale, sampling_recipe
+
     config = model.config
+    mode = "reconstruction" if reconstruction else "sample" if inject_scale is None else "inject"
+    sampling = ""
+    if mode == "sample":
+        sampling = sampling_recipe(model, resolve_start_scale(model, start_scale, scale))
     return Provenance(
         model=config.model,
         setting=config.setting or f"{config.model}-?",
@@ -130,10 +147,11 @@ def model_provenance(
         sample_seed=int(sample_seed),
         sample_index=int(sample_index),
         source_seriesuid=str(model.source.get("seriesuid") or "unknown"),
-        mode="reconstruction" if reconstruction else "sample" if inject_scale is None else "inject",
+        mode=mode,
         inject_scale=inject_scale,
         scale=tuple(float(v) for v in scale),  # type: ignore[arg-type]
         profile=str(config.profile or ""),
+        sampling=sampling,
     )
 
 
@@ -229,6 +247,7 @@ def provenance_from_metadata(metadata: dict[str, str], file_name: str = "") -> P
             content=values["content"],
             profile=values["profile"],
             version=values["version"],
+            sampling=values["sampling"],
         )
     descrip = metadata.get("descrip", metadata.get("ITK_FileNotes", ""))
     aux = _AUX.match(metadata.get("aux_file", ""))
@@ -291,6 +310,8 @@ def describe_file(path: str | Path) -> str:
         + f", seed {provenance.sample_seed}, index {provenance.sample_index}",
         f"  source scan:   seriesuid {provenance.source_seriesuid}",
     ]
+    if provenance.sampling:
+        lines.append(f"  drawn:         {provenance.sampling}")
     if provenance.profile:
         lines.append(f"  profile:       {provenance.profile}")
     if Path(path).name.lower().endswith(".mha"):

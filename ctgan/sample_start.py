@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ctgan.gpnn import generate_gpnn
+from ctgan.gpnn import generate_gpnn, gpnn_options
 
 if TYPE_CHECKING:
     from ctgan.checkpoint import TrainedModel
@@ -125,26 +125,31 @@ def sampling_amplitudes(model: TrainedModel, start: int) -> list[float]:
     return [a * factor if s >= first else a for s, a in enumerate(model.noise_amplitudes)]
 
 
+def sampling_recipe(model: TrainedModel, start: int) -> str:
+    """How random samples from ``start`` are drawn, in words for a file's provenance: e.g.
+    ``start 1 gpnn sd 2.25, noise x0.25`` or ``start 0, noise x1``."""
+    train = model.config.train
+    text = f"start {start}"
+    if start > 0:
+        text += f" {train.sample_start_source}"
+        if train.sample_start_source == "gpnn":
+            text += f" sd {train.sample_start_noise_sd:g}"
+    return f"{text}, noise x{train.sample_noise_factor:g}"
+
+
 def gpnn_layouts(model: TrainedModel, start: int, n: int, seed: int) -> torch.Tensor:
     """``n`` GPNN samples of the training pyramid's scales 0 .. ``start`` - 1: float32
     ``(n, 1, D, H, W)`` at scale ``start - 1``, in [-1, 1] (module docstring)."""
     assert model.real_volumes is not None and start >= 1
-    gpnn = model.config.gpnn
-    device = gpnn.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    options = gpnn_options(model.config.gpnn)
+    # the layout's last scale is not the finest, and it starts at the pyramid's coarsest
+    options.update(finest_iterations=options["iterations"], start_scale=0)
     layouts = generate_gpnn(
         model.real_volumes[:start],
         n,
         seed=seed,
-        patch_size=gpnn.patch_size,
-        iterations=gpnn.iterations,
-        finest_iterations=gpnn.iterations,  # the layout's last scale is not the finest
-        alpha=gpnn.alpha,
         noise_sd=model.config.train.sample_start_noise_sd,
-        search_radius=None if gpnn.exact_search else gpnn.search_radius,
-        chunk_size=gpnn.chunk_size,
-        device=device,
+        **options,
     )
     return torch.from_numpy(layouts)[:, None]
 

@@ -73,6 +73,33 @@ def test_metaimage_header_holds_every_field_for_simpleitk(tmp_path):
     assert not image.HasMetaDataKey("ctgan_inject_scale")  # empty fields are left out
     assert read_provenance(path) == record
     assert metaimage_fields(record)["ctgan_scale"] == "1.5 1 1"
+    assert image.GetMetaData("ctgan_sampling") == record.sampling == "start 0, noise x1"
+
+
+def test_a_random_sample_records_how_it_was_drawn():
+    import dataclasses
+
+    model = untrained_smoke_model()
+    assert model_provenance(model, 0, 0).sampling == "start 0, noise x1"
+    assert model_provenance(model, 0, 0, inject_scale=1).sampling == ""
+    assert model_provenance(model, 0, 0, reconstruction=True).sampling == ""
+    model.real_volumes = [np.zeros(s, np.float32) for s in model.scale_shapes]
+    for changes, expected in [
+        (
+            {
+                "sample_start_source": "gpnn",
+                "sample_start_noise_sd": 2.25,
+                "sample_noise_factor": 0.25,
+            },
+            "start 1 gpnn sd 2.25, noise x0.25",
+        ),
+        ({"sample_start_source": "real", "sample_noise_factor": 0.5}, "start 1 real, noise x0.5"),
+    ]:
+        train = dataclasses.replace(model.config.train, **changes)
+        model.config = dataclasses.replace(model.config, train=train)
+        assert model_provenance(model, 0, 0, start_scale=1).sampling == expected
+    with pytest.raises(ValueError, match="sampling describes random samples only"):
+        provenance(mode="inject", inject_scale=1, sampling="start 0, noise x1")
 
 
 @pytest.mark.parametrize(

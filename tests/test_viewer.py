@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from ctgan.explorer import Explorer, compare_settings, find_models, resolve_project_path
 from ctgan.provenance import read_provenance
+from ctgan.sections import TrainConfig
 from ctgan.slice_viewer import (
     WINDOW_PRESETS,
     SliceViewer,
@@ -190,7 +191,9 @@ def fake_trained(name: str) -> types.SimpleNamespace:
             "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
             "seriesuid": "1.2.3",
         },
-        config=types.SimpleNamespace(model=name[:2], setting=name, profile="smoke"),
+        config=types.SimpleNamespace(
+            model=name[:2], setting=name, profile="smoke", train=TrainConfig()
+        ),
         seed=0,
     )
 
