@@ -22,6 +22,10 @@ Departures from the seed, on purpose:
 - ``train.adversarial_from_sample_start`` (a realism switch, seed false) draws the adversarial
   fakes of scales >= ``train.sample_start_scale`` from the real volume of the scale below it, as
   the random samples are drawn, instead of from pure noise at scale 0.
+- ``train.reconstruction_from_sample_start`` (a realism switch, seed false) does the same for the
+  reconstruction terms: G_s(z_rec) at scales >= k runs the chain from the real volume of scale
+  k - 1, so those scales learn to refine the volume their samples start on (not G_{k-1}'s
+  reconstruction of it). The noise amplitudes follow from that chain.
 
 The run around it (growing the networks, seeds, checkpoints, resuming) is ``ctgan.train``.
 """
@@ -124,16 +128,32 @@ def _frozen_chain(
     return previous
 
 
+def _chain_start(
+    cfg: Config, scale: int, reals: Sequence[torch.Tensor], from_sample_start: bool
+) -> tuple[int, torch.Tensor | None]:
+    """``(0, None)`` (the coarsest scale, the seed) or, when ``from_sample_start`` at a scale at
+    or above ``train.sample_start_scale`` k > 0, ``(k, reals[k - 1])``: the samples' own start."""
+    start = cfg.train.sample_start_scale
+    if from_sample_start and 0 < start <= scale:
+        return start, reals[start - 1]
+    return 0, None
+
+
 def adversarial_start(
     cfg: Config, scale: int, reals: Sequence[torch.Tensor]
 ) -> tuple[int, torch.Tensor | None]:
-    """Where scale ``scale``'s adversarial fakes start: ``(0, None)`` (pure noise at the coarsest
-    scale, the seed) or, with ``train.adversarial_from_sample_start`` at a scale at or above
-    ``train.sample_start_scale`` k > 0, ``(k, reals[k - 1])``: the samples' own start."""
-    start = cfg.train.sample_start_scale
-    if cfg.train.adversarial_from_sample_start and 0 < start <= scale:
-        return start, reals[start - 1]
-    return 0, None
+    """Where scale ``scale``'s adversarial fakes start (``train.adversarial_from_sample_start``):
+    pure noise at the coarsest scale, or the samples' own start."""
+    return _chain_start(cfg, scale, reals, cfg.train.adversarial_from_sample_start)
+
+
+def reconstruction_start(
+    cfg: Config, scale: int, reals: Sequence[torch.Tensor]
+) -> tuple[int, torch.Tensor | None]:
+    """Where scale ``scale``'s training reconstruction starts
+    (``train.reconstruction_from_sample_start``): z_rec at the coarsest scale, or the samples'
+    own start, so the scales >= k learn to refine the real coarse volume their samples start on."""
+    return _chain_start(cfg, scale, reals, cfg.train.reconstruction_from_sample_start)
 
 
 def _decay_lr(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float], factor: float) -> None:
@@ -171,6 +191,9 @@ class ScaleContext:
     # ``adversarial_start``: the scale the adversarial fakes start at, and the real volume below it
     fake_start: int = 0
     fake_start_volume: torch.Tensor | None = None
+    # ``reconstruction_start``: the same for the reconstruction terms' G(z_rec)
+    rec_start: int = 0
+    rec_start_volume: torch.Tensor | None = None
 
     @classmethod
     def at(
@@ -183,9 +206,10 @@ class ScaleContext:
         segmenter: nn.Module | None,
     ) -> ScaleContext:
         """Scale ``scale``'s context in a run on ``reals`` (``run_reals``)."""
-        shapes = [tuple(int(v) for v in real.shape[2:]) for real in reals]
-        start = adversarial_start(cfg, scale, reals)
-        return cls(cfg, scale, device, precision, reals[scale], shapes, segmenter, *start)
+        shapes = real_shapes(reals)
+        fake = adversarial_start(cfg, scale, reals)
+        rec = reconstruction_start(cfg, scale, reals)
+        return cls(cfg, scale, device, precision, reals[scale], shapes, segmenter, *fake, *rec)
 
 
 def run_reals(
@@ -204,6 +228,11 @@ def run_reals(
         torch.as_tensor(np.asarray(volume), dtype=precision.dtype).to(device)[None, None]
         for volume in volumes
     ]
+
+
+def real_shapes(reals: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
+    """The ``(D, H, W)`` of each of ``run_reals``' ``(1, 1, D, H, W)`` volumes."""
+    return [tuple(int(v) for v in real.shape[2:]) for real in reals]
 
 
 class ScaleTrainer:
@@ -232,7 +261,13 @@ class ScaleTrainer:
             derived_seed(seed, s, PURPOSE_CROPS)
         )
         with bf16_autocast(device, self.autocast):
-            rec_previous = _frozen_chain(self.generator, state.reconstruction_noise, s)
+            rec_previous = _frozen_chain(
+                self.generator,
+                state.reconstruction_noise,
+                s,
+                context.rec_start,
+                context.rec_start_volume,
+            )
         if rec_previous is not None:
             rec_previous = upsample(rec_previous.to(self.dtype), context.shapes[s])
             rmse = float(torch.sqrt(torch.mean((rec_previous - context.real) ** 2)).item())
@@ -251,10 +286,16 @@ class ScaleTrainer:
             lr = train_cfg.lr * train_cfg.concurrent_lr_scale ** (s - t)
             groups.append({"params": list(self.generator.scales[t].parameters()), "lr": lr})
         self.g_base_lrs = [group["lr"] for group in groups]
-        if self.first_trained < s:
+        # the reconstruction runs the trained scales from rec_from on the frozen chain's rec_base
+        self.rec_from = max(self.first_trained, context.rec_start)
+        if self.rec_from < s:
             with bf16_autocast(device, self.autocast):
                 self.rec_base = _frozen_chain(
-                    self.generator, state.reconstruction_noise, self.first_trained
+                    self.generator,
+                    state.reconstruction_noise,
+                    self.rec_from,
+                    context.rec_start,
+                    context.rec_start_volume,
                 )
         self.opt_g = torch.optim.Adam(groups, betas=train_cfg.betas)
         self.opt_d = torch.optim.Adam(
@@ -274,8 +315,8 @@ class ScaleTrainer:
         s, noise = context.scale, self.state.reconstruction_noise
         with bf16_autocast(context.device, self.autocast):
             previous = self.rec_previous
-            if self.first_trained < s:
-                first = self.first_trained
+            if self.rec_from < s:
+                first = self.rec_from
                 previous = _trained_chain(self.generator, noise, s, first, first, self.rec_base)
             return self.generator.forward_scale(s, noise[s], previous).to(self.dtype)
 

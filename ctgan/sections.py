@@ -141,6 +141,10 @@ class TrainConfig:
     # samples are drawn, from the real volume of the scale below sample_start_scale; false (the
     # seed): from pure noise at the coarsest scale, whatever the sampling start.
     adversarial_from_sample_start: bool = False
+    # true: the reconstruction terms' G(z_rec) at scales >= sample_start_scale k > 0 runs from the
+    # real volume of scale k - 1 (what the samples start on), not from G_{k-1}'s reconstruction;
+    # false (the seed): from z_rec at the coarsest scale.
+    reconstruction_from_sample_start: bool = False
     # ConSinGAN's concurrent training (Hinz et al. 2021): the newest N scales train together,
     # scale s - k at lr x concurrent_lr_scale ** k. The seed: 1 (only the newest scale trains);
     # ConSinGAN: 3 and 0.1.

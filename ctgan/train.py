@@ -49,6 +49,7 @@ from ctgan.scale_trainer import (
     ScaleTrainer,
     derived_seed,
     precision_settings,
+    real_shapes,
     run_reals,
 )
 
@@ -236,8 +237,8 @@ def train_model(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes within a scale: autotune the convs
     precision = precision_settings(cfg.train.precision)
-    shapes = [tuple(int(v) for v in np.shape(volume)) for volume in pyramid.volumes]
     reals = run_reals(pyramid.volumes, precision, device, segmenter)
+    shapes = real_shapes(reals)
 
     checkpoint_path = out_dir / CHECKPOINT_NAME
     state = _start_or_resume(cfg, seed, checkpoint_path, out_dir, shapes, precision, device)
@@ -322,8 +323,8 @@ def scale_trainer_at(
         raise ValueError(f"scale must be in [0, {len(volumes) - 1}]; got {scale}")
     device = resolve_device(cfg.train.device)
     precision = precision_settings(cfg.train.precision)
-    shapes = [tuple(int(v) for v in np.shape(volume)) for volume in volumes]
     reals = run_reals(volumes, precision, device, segmenter)
+    shapes = real_shapes(reals)
     channels = (
         cfg.train.generator_channels if cfg.model == "3d" else cfg.train.slice_generator_channels
     )

@@ -161,6 +161,48 @@ def test_adversarial_start_changes_only_the_scales_it_covers(tmp_path):
     assert not np.allclose(scale1[0]["g_adv"], scale1[1]["g_adv"])
 
 
+def test_reconstruction_start_follows_its_own_switch():
+    from ctgan.scale_trainer import adversarial_start, reconstruction_start
+
+    reals = [torch.full((1, 1, 2, 4, 4), float(level)) for level in range(3)]
+    adversarial = tiny_config("3d-B", sample_start_scale=1, adversarial_from_sample_start=True)
+    assert reconstruction_start(adversarial, 2, reals) == (0, None)  # the other switch
+    on = tiny_config("3d-B", sample_start_scale=1, reconstruction_from_sample_start=True)
+    assert adversarial_start(on, 2, reals) == (0, None)
+    assert reconstruction_start(on, 0, reals) == (0, None)  # below the start: z_rec
+    for scale in (1, 2):
+        start, volume = reconstruction_start(on, scale, reals)
+        assert start == 1 and volume is reals[0]
+
+
+@pytest.mark.parametrize("concurrent", [1, 2])
+def test_reconstruction_from_start_refines_the_real_volume_below(tmp_path, concurrent):
+    seed_cfg = tiny_config("3d-B", sample_start_scale=1, concurrent_scales=concurrent)
+    run(seed_cfg, tmp_path / "seed")
+    switched = dataclasses.replace(
+        seed_cfg,
+        train=dataclasses.replace(seed_cfg.train, reconstruction_from_sample_start=True),
+    )
+    history = run(switched, tmp_path / "switched")
+    assert np.isfinite(history[["d_loss", "g_adv", "rec_psnr"]]).all().all()
+    a, b = load_trained(tmp_path / "seed"), load_trained(tmp_path / "switched")
+    assert b.real_volumes is not None
+    assert a.noise_amplitudes[0] == b.noise_amplitudes[0]  # scale 0 trains as in the seed
+    # scale 1's amplitude is the RMSE between the real volume below, upsampled, and its own
+    coarse = torch.as_tensor(b.real_volumes[0])[None, None]
+    up = F.interpolate(coarse, size=b.scale_shapes[1], mode="trilinear", align_corners=True)
+    rmse = torch.sqrt(torch.mean((up[0, 0] - torch.as_tensor(b.real_volumes[1])) ** 2)).item()
+    assert b.noise_amplitudes[1] == pytest.approx(rmse, rel=1e-5)
+    assert a.noise_amplitudes[1] != pytest.approx(rmse, rel=1e-3)  # the seed: from G_0(z_rec)
+    ga = torch.load(tmp_path / "seed" / "checkpoint.pt", weights_only=True)["generator"]
+    gb = torch.load(tmp_path / "switched" / "checkpoint.pt", weights_only=True)["generator"]
+    if concurrent == 1:
+        for key in ga:
+            if key.startswith("scales.0."):
+                assert torch.equal(ga[key], gb[key]), key
+    assert any(not torch.equal(ga[k], gb[k]) for k in ga if k.startswith("scales.1."))
+
+
 def with_source(model: types.SimpleNamespace, source: str, noise_sd: float = 2.5):
     """``model`` with ``train.sample_start_source`` (and its layout noise) set."""
     train = dataclasses.replace(
@@ -238,3 +280,12 @@ def test_sample_noise_factor_scales_the_amplitudes_above_the_start():
         resolve_config(raw, setting="3d-B")
     raw["train"]["sample_noise_factor"] = 0  # no noise above the start: allowed
     assert resolve_config(raw, setting="3d-B").train.sample_noise_factor == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpnn_layouts_refuse_cuda_without_a_gpu():
+    model = with_source(with_start(make_model("3d-B"), 1), "gpnn")
+    gpnn_cfg = dataclasses.replace(model.config.gpnn, device="cuda")
+    model.config = dataclasses.replace(model.config, gpnn=gpnn_cfg)
+    with pytest.raises(ValueError, match="no CUDA device is available; use auto or cpu"):
+        sample_start.gpnn_layouts(model, 1, 1, seed=0)
