@@ -298,17 +298,38 @@ def criteria_text() -> str:
     )
 
 
+def _inert_train_keys(config: Mapping[str, Any], train: Mapping[str, Any]) -> set[str]:
+    """Sampling keys that change nothing for this model: the start's keys when samples start
+    from pure noise (scale 0), the layout noise unless layouts are GPNN's, and the noise factor
+    of a 2D model (no noise above its coarsest scale, facts §15)."""
+    inert = set()
+    if train.get("sample_start_scale", 0) == 0:
+        inert |= {
+            "sample_start_source",
+            "sample_start_noise_sd",
+            "adversarial_from_sample_start",
+            "reconstruction_from_sample_start",
+        }
+    if train.get("sample_start_source") != "gpnn":
+        inert.add("sample_start_noise_sd")
+    if str(config.get("setting", "")).startswith("2d"):
+        inert.add("sample_noise_factor")
+    return inert
+
+
 def _switches(config: Mapping[str, Any]) -> list[str]:
     """Config keys outside the seed's procedure; a train key whose value is the seed's default
-    (``TrainConfig``'s, e.g. ``sample_start_scale: 0``) is the seed's procedure, not a switch."""
+    (``TrainConfig``'s, e.g. ``sample_start_scale: 0``) is the seed's procedure, not a switch,
+    and neither is a key with no effect on this model (``_inert_train_keys``)."""
     seed_defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     extra = [f"`{key}: {config[key]}`" for key in config if key not in SEED_CONFIG_KEYS | {"gpnn"}]
     train = config.get("train", {})
     if isinstance(train, Mapping):
+        inert = _inert_train_keys(config, train)
         extra += [
             f"`train.{k}: {v}`"
             for k, v in train.items()
-            if k not in SEED_TRAIN_KEYS and seed_defaults.get(k, dataclasses.MISSING) != v
+            if k not in SEED_TRAIN_KEYS | inert and seed_defaults.get(k, dataclasses.MISSING) != v
         ]
     return extra
 

@@ -110,6 +110,30 @@ def test_procedure_text_names_the_profile_and_any_realism_switch(one_result):
     assert "(training config not recorded)" in tables.procedure_text(metrics, ["3d-A"])
 
 
+def test_procedure_text_leaves_out_sampling_keys_that_change_nothing(one_result):
+    metrics = all_metrics(one_result)
+    recipe = {
+        "sample_start_source": "gpnn",
+        "sample_start_noise_sd": 2.25,
+        "sample_noise_factor": 0.5,
+        "adversarial_from_sample_start": True,
+        "reconstruction_from_sample_start": True,
+    }
+    metrics["3d-D"]["config"]["train"].update(recipe, sample_start_scale=0)
+    # from pure noise the start's keys do nothing; the noise factor still scales scales >= 1
+    assert tables.procedure_text(metrics, ["3d-D"]) == (
+        "Training procedure: profile `smoke`, realism switches `train.sample_noise_factor: 0.5`."
+    )
+    metrics["3d-D"]["config"]["setting"] = "2d-D"  # no noise above the coarsest scale
+    assert "no realism switch" in tables.procedure_text(metrics, ["3d-D"])
+    metrics["3d-B"]["config"]["train"].update(recipe, sample_start_scale=2)
+    text = tables.procedure_text(metrics, ["3d-B"])
+    for key, value in recipe.items():
+        assert f"`train.{key}: {value}`" in text
+    metrics["3d-B"]["config"]["train"]["sample_start_source"] = "real"
+    assert "sample_start_noise_sd" not in tables.procedure_text(metrics, ["3d-B"])
+
+
 def test_criteria_and_gpnn_texts_state_the_thresholds(one_result):
     criteria = tables.criteria_text()
     for needle in ("±30%", "2% of the body", "≤ 0.15", "≤ 50 HU", "75%", "≥ 0.2", "< 0.9"):
