@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctgan import layers
+
 if TYPE_CHECKING:
     from ctgan.sections import GpnnConfig
 
@@ -333,14 +335,8 @@ def reconstruct_gpnn(pyramid_volumes: Sequence[np.ndarray | torch.Tensor], **kwa
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU raises."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"gpnn.device must be auto, cpu or cuda; got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("gpnn.device is 'cuda' but no CUDA device is available; use auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``gpnn.device``: 'auto' -> CUDA when available, else CPU; 'cuda' without a GPU raises."""
+    return layers.resolve_device(name, "gpnn.device")
 
 
 def gpnn_options(gpnn: GpnnConfig) -> dict[str, Any]:

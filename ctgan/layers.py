@@ -33,6 +33,18 @@ def load_weights(module: nn.Module, state_dict: dict, mismatch: str) -> nn.Modul
     return module
 
 
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """'auto' -> CUDA when available else CPU; 'cuda' without a GPU raises. ``key`` names the
+    params.yaml key in the messages (``train.device``, ``gpnn.device``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{key} is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"{key} must be auto, cpu or cuda; got {name!r}")
+    return torch.device(name)
+
+
 def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """bf16 autocast on ``device`` (the ``bf16`` precision of training and sampling), or a disabled
     one (the networks' own dtype) when ``enabled`` is False."""

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ctgan import layers
 from ctgan.checkpoint import (
     CHECKPOINT_NAME,
     PyramidLike,
@@ -115,16 +116,8 @@ def check_finite_row(row: Row, cfg: Config) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available else CPU; 'cuda' without a GPU raises."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'"
-        )
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"train.device must be auto, cpu or cuda; got {name!r}")
-    return torch.device(name)
+    """``train.device``: 'auto' -> CUDA when available else CPU; 'cuda' without a GPU raises."""
+    return layers.resolve_device(name, "train.device")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -287,5 +287,5 @@ def test_gpnn_layouts_refuse_cuda_without_a_gpu():
     model = with_source(with_start(make_model("3d-B"), 1), "gpnn")
     gpnn_cfg = dataclasses.replace(model.config.gpnn, device="cuda")
     model.config = dataclasses.replace(model.config, gpnn=gpnn_cfg)
-    with pytest.raises(ValueError, match="no CUDA device is available; use auto or cpu"):
+    with pytest.raises(ValueError, match="no CUDA device is available; use .auto. or .cpu."):
         sample_start.gpnn_layouts(model, 1, 1, seed=0)
