@@ -408,8 +408,16 @@ def test_explore_notebook_runs_and_slice_viewer_reacts_in_chromium(
                 path=str(tmp_path / "explore-itk-cell.png"), timeout=4 * PAGE_TIMEOUT_MS
             )
 
+            # Save: after the drags the keyboard focus is inside the itkwidgets iframe, where
+            # Control+S does not reach JupyterLab; selecting a cell gives it back first.
+            code_cells.nth(0).locator(".jp-InputArea-prompt").click()
             page.keyboard.press("Control+s")
-            page.wait_for_timeout(3000)
+            saved_path = explore_project / "notebooks" / NOTEBOOK.name
+            for _ in range(30):  # the file on disk, once JupyterLab has written it
+                page.wait_for_timeout(1000)
+                cells = json.loads(saved_path.read_text())["cells"]
+                if all(c.get("execution_count") for c in cells if c["cell_type"] == "code"):
+                    break
         except sync_api.Error:
             print("browser console (last 80):", *console[-80:], sep="\n  ")
             print("aborted non-loopback requests:", aborted)

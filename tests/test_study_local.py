@@ -48,7 +48,9 @@ def test_killed_study_reruns_nothing_finished(tmp_path, tiny_phantom):
         "data_dir": str(tiny_phantom),
         "settings": ["3d-B"],
         "seeds": [0, 1],
-        "overrides": {"train.iterations_per_scale": 10},
+        # long enough that a job is still training for several of the workers' 2-s checks of
+        # the study after its first scale (at 10 iterations a fast CPU finished the job first)
+        "overrides": {"train.iterations_per_scale": 100},
     }
     executor = {"kind": "local", "local": {"workers": 2, "threads_per_worker": 1}}
     path = tmp_path / "study.yaml"
