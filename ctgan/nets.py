@@ -53,6 +53,11 @@ class VolumeGenerator(nn.Module):
             nn.Tanh(),
         )
 
+    @property
+    def output_conv(self) -> nn.Module:
+        """The last conv, before tanh (``GeneratorPyramid.add_scale(identity=True)`` zeroes it)."""
+        return self.body[-2]
+
     def forward(self, noise: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
         x = noise if previous is None else previous + noise
         # (N, 1, D, H, W); cast back so the residual path stays in the noise's dtype under autocast
@@ -87,6 +92,11 @@ class SliceStackGenerator(nn.Module):
             ]
         self.middle = nn.Sequential(*blocks)
         self.last = make_conv(2, channels, depth, padding=1)
+
+    @property
+    def output_conv(self) -> nn.Module:
+        """The last conv, before tanh (``GeneratorPyramid.add_scale(identity=True)`` zeroes it)."""
+        return self.last
 
     def forward(self, noise: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
         source = noise if previous is None else previous
@@ -172,13 +182,23 @@ class GeneratorPyramid(nn.Module):
             return VolumeGenerator(self.channels, self.norm)
         return SliceStackGenerator(depth, self.channels, self.norm)
 
-    def add_scale(self, depth: int) -> nn.Module:
-        """Append the generator of the next scale (``depth`` = D_s, used by the 2D model)."""
+    def add_scale(self, depth: int, identity: bool = False) -> nn.Module:
+        """Append the generator of the next scale (``depth`` = D_s, used by the 2D model).
+
+        ``identity=True`` (``train.new_scale_init: identity``): a scale above the coarsest starts
+        as the identity on its upsampled input (its output conv zeroed, so the residual is
+        tanh(0) = 0), the other layers still copied from the previous scale."""
         if depth < 1:
             raise ValueError(f"depth must be >= 1; got {depth}")
         new = self._build_scale(depth)
         if len(self.scales) > 0:
             _copy_matching(new, self.scales[-1])
+            if identity:
+                conv = new.output_conv
+                with torch.no_grad():
+                    conv.weight.zero_()
+                    if conv.bias is not None:
+                        conv.bias.zero_()
         for scale in self.scales:
             scale.requires_grad_(False)
             scale.eval()

@@ -23,6 +23,7 @@ PROJECTION_MODES = ("mean", "edge")
 PRECISIONS = ("float32", "bf16", "reference")
 DEVICES = ("auto", "cpu", "cuda")
 SAMPLE_START_SOURCES = ("real", "gpnn")
+NEW_SCALE_INITS = ("copy", "identity")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -150,6 +151,10 @@ class TrainConfig:
     # ConSinGAN: 3 and 0.1.
     concurrent_scales: int = 1
     concurrent_lr_scale: float = 0.1
+    # How a scale above the coarsest starts: "copy" (the seed, SinGAN) copies the previous scale's
+    # weights; "identity" copies them too but zeroes the output conv, so the new scale starts as
+    # the identity on its upsampled input and learns only the detail it adds.
+    new_scale_init: str = "copy"
 
     def __post_init__(self) -> None:
         _positive("train.noise_amplitude_factor", self.noise_amplitude_factor)
@@ -161,6 +166,7 @@ class TrainConfig:
             )
         _positive("train.concurrent_lr_scale", self.concurrent_lr_scale)
         _choice("train.sample_start_source", self.sample_start_source, SAMPLE_START_SOURCES)
+        _choice("train.new_scale_init", self.new_scale_init, NEW_SCALE_INITS)
         _positive("train.sample_start_noise_sd", self.sample_start_noise_sd)
         if not self.sample_noise_factor >= 0:
             raise ValueError(

@@ -196,7 +196,7 @@ def _grow(
     """Add scale ``scale`` to the generator and grow the discriminator (seeded by (seed, scale))."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(seed, scale, PURPOSE_WEIGHTS))
-        state.generator.add_scale(depth)
+        state.generator.add_scale(depth, identity=cfg.train.new_scale_init == "identity")
         state.discriminator = grow_discriminator(
             state.discriminator, cfg.train.discriminator_channels, precision.norm
         )

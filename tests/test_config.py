@@ -194,6 +194,7 @@ def test_config_is_frozen():
         ({"train.projection_mode": "max"}, r"projection_mode must be one of mean, edge"),
         ({"train.precision": "fp16"}, r"precision must be one of float32, bf16, reference"),
         ({"train.device": "tpu"}, r"train.device must be one of auto, cpu, cuda"),
+        ({"train.new_scale_init": "zero"}, r"new_scale_init must be one of copy, identity; got"),
         ({"train.generator_channels": 0}, r"train.generator_channels must be >= 1"),
         ({"train.epochs": 3}, r"unknown key 'epochs' in train"),
         ({"pyramid.min_size": 4}, r"pyramid.min_size must be >= 8"),

@@ -17,6 +17,7 @@ from ctgan.nets import (
     grow_discriminator,
     make_noise,
     make_reconstruction_noise,
+    upsample,
 )
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -132,6 +133,33 @@ def test_injection_starts_from_a_given_volume(model: str) -> None:
         other = pyramid(noises, start_scale=1, start_volume=torch.zeros(1, 1, 3, 7, 9))
     assert torch.allclose(injected, full[1])
     assert other.shape == full[1].shape and not torch.allclose(other, full[1])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_identity_init_starts_a_new_scale_as_its_upsampled_input(model: str) -> None:
+    """train.new_scale_init: identity zeroes only the new scale's output conv: the new scale
+    returns its upsampled input exactly, the rest of it is still the previous scale's copy; the
+    coarsest scale and the seed's copy are untouched."""
+    torch.manual_seed(0)
+    copied, identity = GeneratorPyramid(model, 4), GeneratorPyramid(model, 4)
+    for pyramid in (copied, identity):
+        pyramid.add_scale(4, identity=True)  # the coarsest: nothing to be the identity of
+    identity.load_state_dict(copied.state_dict())
+    copied.add_scale(6)
+    identity.add_scale(6, identity=True)
+    previous = torch.randn(1, 1, 4, 12, 12)
+    noise = torch.randn(1, 1, 6, 18, 18)
+    with torch.no_grad():
+        assert copied.scales[0].output_conv.weight.abs().sum() > 0
+        assert torch.equal(
+            identity.forward_scale(1, noise, previous), upsample(previous, (6, 18, 18))
+        )
+        assert not torch.allclose(
+            copied.forward_scale(1, noise, previous), upsample(previous, (6, 18, 18))
+        )
+    new, old = identity.scales[1].state_dict(), copied.scales[1].state_dict()
+    conv = "body.3.0.weight" if model == "3d" else "middle.0.0.weight"
+    assert torch.equal(new[conv], old[conv])
 
 
 def test_forward_rejects_bad_arguments() -> None:

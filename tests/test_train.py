@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctgan.config import Config, PyramidConfig, load_config, scale_shapes
-from ctgan.nets import build_generator_pyramid
+from ctgan.nets import GeneratorPyramid, build_generator_pyramid
 from ctgan.scale_trainer import precision_settings, reconstruction_psnr
 from ctgan.train import (
     CHECKPOINT_NAME,
@@ -493,3 +493,20 @@ def test_concurrent_scales_refused_with_the_reference_precision() -> None:
         tiny_config("3d-B", concurrent_scales=2, precision="reference")
     with pytest.raises(ValueError, match="train.concurrent_scales must be >= 1; got 0"):
         tiny_config("3d-B", concurrent_scales=0)
+
+
+@pytest.mark.parametrize("init", ["copy", "identity"])
+def test_new_scale_init_reaches_the_generator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, init: str
+) -> None:
+    """train.new_scale_init is what add_scale is told, at every scale."""
+    calls: list[bool] = []
+    original = GeneratorPyramid.add_scale
+
+    def add_scale(self: GeneratorPyramid, depth: int, identity: bool = False) -> torch.nn.Module:
+        calls.append(identity)
+        return original(self, depth, identity=identity)
+
+    monkeypatch.setattr(GeneratorPyramid, "add_scale", add_scale)
+    run(tiny_config("3d-B", new_scale_init=init), tmp_path)
+    assert len(calls) >= 2 and all(called == (init == "identity") for called in calls)
