@@ -121,10 +121,10 @@ def layouts_from(start: str):
         for k in range(n):
             generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + k)
             estimate = perturbed_start(reals[0], start, generator)
-            with torch.no_grad():  # _generate_one starts from reals[0] + its noise argument
+            with torch.no_grad():  # _generate_one runs the PNN steps from this estimate
                 layout = gpnn._generate_one(
                     reals,
-                    estimate - reals[0],
+                    estimate,
                     tuple(options["patch_size"]),
                     steps,
                     options["alpha"],

@@ -35,6 +35,7 @@ depends only on the seed and *i*, on CPU and GPU alike.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -223,15 +224,16 @@ def _resize(volume: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 def _generate_one(
     reals: list[torch.Tensor],
-    noise: torch.Tensor,
+    start: torch.Tensor,
     patch: Patch,
     iterations: tuple[int, int],
     alpha: float,
     search_radius: Patch | None,
     chunk_size: int,
 ) -> torch.Tensor:
-    """One sample, coarse to fine: ``iterations`` PNN steps per scale (module docstring)."""
-    estimate = reals[0] + noise
+    """One sample, coarse to fine from the estimate ``start`` at the first scale: ``iterations``
+    PNN steps per scale (module docstring)."""
+    estimate = start
     sources = torch.empty(0, 3)  # the nearest-neighbour field: (N, 3) source grid positions
     grid = _grid(reals[0].shape, patch)
     for s, real in enumerate(reals):
@@ -257,6 +259,39 @@ def _generate_one(
     return estimate
 
 
+def start_estimate(
+    real: torch.Tensor,
+    generator: torch.Generator,
+    noise_sd: float,
+    zoom_sd: float = 0.0,
+    shift_sd: float = 0.0,
+) -> torch.Tensor:
+    """The estimate one sample starts from at the start scale: ``real`` (D, H, W) plus Gaussian
+    noise of sd ``noise_sd``, drawn on the CPU from ``generator``.
+
+    With ``zoom_sd`` or ``shift_sd`` > 0 (the samples' layout start, ``ctgan.sample_start``), the
+    volume is first scaled in-plane by 1 + N(0, ``zoom_sd``) along y and x (one factor per axis)
+    and shifted by N(0, ``shift_sd``) voxels along y and x, the same in every slice (bilinear,
+    the border value outside): the PNN steps then start from an arrangement that is not the
+    scan's own (``docs/realism.md`` §10).
+    """
+    noise = torch.randn(tuple(real.shape), generator=generator) * float(noise_sd)
+    if zoom_sd == 0 and shift_sd == 0:
+        return real + noise.to(real.device)
+    draw = torch.randn(4, generator=generator)  # zoom x, zoom y, shift x, shift y
+    depth, height, width = (int(n) for n in real.shape)
+    zz, yy, xx = torch.meshgrid(
+        *[torch.linspace(-1, 1, n) for n in (depth, height, width)], indexing="ij"
+    )
+    gx = xx / (1 + zoom_sd * draw[0]) + draw[2] * shift_sd * 2 / (width - 1)
+    gy = yy / (1 + zoom_sd * draw[1]) + draw[3] * shift_sd * 2 / (height - 1)
+    grid = torch.stack([gx, gy, zz], dim=-1)[None].to(real.device)
+    moved = F.grid_sample(
+        real[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True
+    )[0, 0]
+    return moved + noise.to(real.device)
+
+
 def generate_gpnn(
     pyramid_volumes: Sequence[np.ndarray | torch.Tensor],
     num_samples: int,
@@ -267,6 +302,8 @@ def generate_gpnn(
     finest_iterations: int | None = None,
     alpha: float = 0.005,
     noise_sd: float = 0.75,
+    zoom_sd: float = 0.0,
+    shift_sd: float = 0.0,
     start_scale: int = 0,
     search_radius: Sequence[int] | None = (1, 3, 3),
     chunk_size: int = 4096,
@@ -277,7 +314,9 @@ def generate_gpnn(
     ``pyramid_volumes``: the training pyramid's volumes, coarsest first, in [-1, 1]
     (``TrainingPyramid.volumes``). Generation starts at ``pyramid_volumes[start_scale]`` plus
     Gaussian noise of sd ``noise_sd`` (``noise_sd=0`` gives the noise-free output, the baseline's
-    "reconstruction"). ``patch_size`` (z, y, x) must fit every scale used. ``iterations``: PNN
+    "reconstruction"); ``zoom_sd`` and ``shift_sd`` (default 0: GPNN's start) first scale and
+    shift that volume in-plane at random (:func:`start_estimate`). ``patch_size`` (z, y, x) must
+    fit every scale used. ``iterations``: PNN
     steps per scale (GPNN: 10), ``finest_iterations`` at the finest scale (default: the
     same; the finest scale costs the most and mostly sharpens); ``alpha``: GPNN's completeness parameter (0.005);
     ``search_radius`` (z, y, x): at the scales after the start scale, each query searches only
@@ -302,6 +341,13 @@ def generate_gpnn(
         raise ValueError(f"alpha must be > 0 (GPNN: 0.005); got {alpha!r}")
     if not noise_sd >= 0:
         raise ValueError(f"noise_sd must be >= 0 (0 = the noise-free output); got {noise_sd!r}")
+    for name, value in (("zoom_sd", zoom_sd), ("shift_sd", shift_sd)):
+        if not 0 <= value < (0.5 if name == "zoom_sd" else math.inf):
+            raise ValueError(
+                f"{name} must be >= 0 (0 = the start volume unmoved)"
+                + (" and < 0.5" if name == "zoom_sd" else "")
+                + f"; got {value!r}"
+            )
     if len(pyramid_volumes) < 1:
         raise ValueError("pyramid_volumes must hold at least one (D, H, W) volume; got none")
     if not 0 <= start_scale < len(pyramid_volumes):
@@ -318,10 +364,10 @@ def generate_gpnn(
     samples = []
     for k in range(num_samples):
         generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + k)
-        noise = torch.randn(tuple(reals[0].shape), generator=generator) * float(noise_sd)
         with torch.no_grad():
+            start = start_estimate(reals[0], generator, noise_sd, zoom_sd, shift_sd)
             sample = _generate_one(
-                reals, noise.to(device), patch, (iterations, finest), alpha, radius, chunk_size
+                reals, start, patch, (iterations, finest), alpha, radius, chunk_size
             )
         samples.append(sample.clamp(-1.0, 1.0).cpu().numpy())
         log.info("GPNN sample %d/%d done", k + 1, num_samples)

@@ -10,8 +10,11 @@ k - 1 with fresh noise, and ``train.sample_start_source`` says which volume:
 - ``gpnn``: one GPNN sample (``ctgan.gpnn``) of the training pyramid's scales 0 .. k - 1 per
   random sample, started from noise of sd ``train.sample_start_noise_sd``: a new coarse layout
   made of the scan's own patches, which the GAN's finer scales then refine (README departure 21,
-  ``docs/realism.md`` §7). The GPNN search uses the model's ``gpnn`` section (patch size,
-  iterations, alpha, search radius). Layout *i* depends only on the sampling seed and *i*.
+  ``docs/realism.md`` §7). With ``train.sample_start_zoom_sd`` / ``sample_start_shift_sd`` > 0
+  the coarsest volume is first scaled and shifted in-plane at random, so that the PNN steps do
+  not fall back into the scan's own arrangement (README departure 25, ``docs/realism.md`` §10).
+  The GPNN search uses the model's ``gpnn`` section (patch size, iterations, alpha, search
+  radius). Layout *i* depends only on the sampling seed and *i*.
 
 ``train.sample_noise_factor`` scales the noise amplitudes of the levels at and above the start
 (at least level 1): the trained amplitudes at 1.0; less noise gives more faithful intensities and
@@ -134,6 +137,11 @@ def sampling_recipe(model: TrainedModel, start: int) -> str:
         text += f" {train.sample_start_source}"
         if train.sample_start_source == "gpnn":
             text += f" sd {train.sample_start_noise_sd:g}"
+            if train.sample_start_zoom_sd or train.sample_start_shift_sd:
+                text += (
+                    f" zoom sd {train.sample_start_zoom_sd:g}"
+                    f" shift sd {train.sample_start_shift_sd:g}"
+                )
     return f"{text}, noise x{train.sample_noise_factor:g}"
 
 
@@ -149,6 +157,8 @@ def gpnn_layouts(model: TrainedModel, start: int, n: int, seed: int) -> torch.Te
         n,
         seed=seed,
         noise_sd=model.config.train.sample_start_noise_sd,
+        zoom_sd=model.config.train.sample_start_zoom_sd,
+        shift_sd=model.config.train.sample_start_shift_sd,
         **options,
     )
     return torch.from_numpy(layouts)[:, None]

@@ -130,6 +130,11 @@ class TrainConfig:
     # of sd sample_start_noise_sd: a new coarse layout of the scan's own patches; ctgan.sample_start).
     sample_start_source: str = "real"
     sample_start_noise_sd: float = 2.5
+    # With gpnn: before the noise, the coarsest volume is scaled in-plane by 1 + N(0, zoom_sd) per
+    # axis and shifted by N(0, shift_sd) voxels per axis, so that the layouts leave the scan's own
+    # arrangement (docs/realism.md §10). 0 and 0: GPNN's start (the volume where it is).
+    sample_start_zoom_sd: float = 0.0
+    sample_start_shift_sd: float = 0.0
     # Random samples' noise amplitudes at the scales >= max(sample_start_scale, 1) times this (the
     # trained amplitudes: 1.0; less noise, more faithful intensities, less variation; 0: none).
     sample_noise_factor: float = 1.0
@@ -168,6 +173,16 @@ class TrainConfig:
         _choice("train.sample_start_source", self.sample_start_source, SAMPLE_START_SOURCES)
         _choice("train.new_scale_init", self.new_scale_init, NEW_SCALE_INITS)
         _positive("train.sample_start_noise_sd", self.sample_start_noise_sd)
+        if not 0 <= self.sample_start_zoom_sd < 0.5:
+            raise ValueError(
+                f"train.sample_start_zoom_sd must be >= 0 and < 0.5 (0 = no random zoom of the "
+                f"layouts' start; 0.06 = about 6 %); got {self.sample_start_zoom_sd!r}"
+            )
+        if not self.sample_start_shift_sd >= 0:
+            raise ValueError(
+                f"train.sample_start_shift_sd must be >= 0 (0 = no random shift of the layouts' "
+                f"start, in voxels of the coarsest scale); got {self.sample_start_shift_sd!r}"
+            )
         if not self.sample_noise_factor >= 0:
             raise ValueError(
                 f"train.sample_noise_factor must be >= 0 (1.0 = the trained amplitudes, 0 = no "

@@ -303,15 +303,15 @@ def _inert_train_keys(config: Mapping[str, Any], train: Mapping[str, Any]) -> se
     from pure noise (scale 0), the layout noise unless layouts are GPNN's, and the noise factor
     of a 2D model (no noise above its coarsest scale, facts §15)."""
     inert = set()
+    layout_keys = {"sample_start_noise_sd", "sample_start_zoom_sd", "sample_start_shift_sd"}
     if train.get("sample_start_scale", 0) == 0:
         inert |= {
             "sample_start_source",
-            "sample_start_noise_sd",
             "adversarial_from_sample_start",
             "reconstruction_from_sample_start",
-        }
+        } | layout_keys
     if train.get("sample_start_source") != "gpnn":
-        inert.add("sample_start_noise_sd")
+        inert |= layout_keys
     if str(config.get("setting", "")).startswith("2d"):
         inert.add("sample_noise_factor")
     return inert

@@ -123,6 +123,9 @@ def test_start_scale_and_finest_iterations_are_honoured():
         ({"chunk_size": 0}, "chunk_size must be an integer >= 1"),
         ({"alpha": 0.0}, "alpha must be > 0"),
         ({"noise_sd": -1.0}, "noise_sd must be >= 0"),
+        ({"zoom_sd": -0.1}, "zoom_sd must be >= 0"),
+        ({"zoom_sd": 0.5}, "zoom_sd must be >= 0 .* and < 0.5"),
+        ({"shift_sd": -1.0}, "shift_sd must be >= 0"),
         ({"start_scale": 2}, "start_scale must index the pyramid's 2 scales"),
         ({"patch_size": (7, 5, 5)}, r"smaller than the patch \(7, 5, 5\)"),
     ],
@@ -162,12 +165,14 @@ def test_gpnn_options_map_every_config_key_but_the_noise():
     assert options["patch_size"] == (1, 3, 3) and options["start_scale"] == 1
     windowed = gpnn.gpnn_options(GpnnConfig(search_radius=(0, 2, 2), device="cpu"))
     assert windowed["search_radius"] == (0, 2, 2)
-    # every option is a keyword of generate_gpnn, and only the noise (and the pyramid) is left
+    # every option is a keyword of generate_gpnn, and only the start (and the pyramid) is left:
+    # the noise, and the zoom and shift of the samples' layouts (train.sample_start_*)
     import inspect
 
     keywords = set(inspect.signature(gpnn.generate_gpnn).parameters)
     assert set(options) <= keywords
-    assert keywords - set(options) == {"pyramid_volumes", "num_samples", "seed", "noise_sd"}
+    start = {"noise_sd", "zoom_sd", "shift_sd"}
+    assert keywords - set(options) == {"pyramid_volumes", "num_samples", "seed", *start}
 
 
 def test_evaluate_gpnn_has_the_evaluate_layout_and_timing(segmenter, tmp_path):
@@ -283,3 +288,28 @@ def test_notebook_writes_metrics_samples_and_figures(tmp_path, segmenter):
     assert len(images) == 4  # real, samples, the report's gallery, HU histograms
     assert (tmp_path / "models" / "gpnn" / "gallery.png").is_file()
     assert written["gallery"].endswith("gallery.png")
+
+
+def test_start_estimate_moves_the_volume_only_when_asked():
+    real = torch.as_tensor(tiny_pyramid()[0])
+    plain = gpnn.start_estimate(real, torch.Generator().manual_seed(3), 0.5)
+    noise = torch.randn(tuple(real.shape), generator=torch.Generator().manual_seed(3)) * 0.5
+    assert torch.equal(plain, real + noise)  # GPNN's start: the volume plus noise, as before
+    first = gpnn.start_estimate(real, torch.Generator().manual_seed(3), 0.5, 0.1, 1.0)
+    again = gpnn.start_estimate(real, torch.Generator().manual_seed(3), 0.5, 0.1, 1.0)
+    assert torch.equal(first, again)
+    moved = first - noise  # the same noise is drawn first; the zoom and shift come after it
+    assert not torch.allclose(moved, real, atol=0.05)
+    assert moved.min() >= real.min() - 1e-5 and moved.max() <= real.max() + 1e-5  # resampled
+    # a vanishing shift and no zoom give the volume back
+    shifted = gpnn.start_estimate(real, torch.Generator().manual_seed(3), 0.0, 0.0, 1e-9)
+    torch.testing.assert_close(shifted, real)
+
+
+def test_zoomed_starts_give_other_samples_and_keep_the_seed_rule():
+    volumes = tiny_pyramid()
+    plain = gpnn.generate_gpnn(volumes, 2, seed=4, noise_sd=0.5, **FAST)
+    moved = gpnn.generate_gpnn(volumes, 2, seed=4, noise_sd=0.5, zoom_sd=0.2, shift_sd=2.0, **FAST)
+    again = gpnn.generate_gpnn(volumes, 1, seed=4, noise_sd=0.5, zoom_sd=0.2, shift_sd=2.0, **FAST)
+    assert not np.allclose(plain, moved, atol=0.05)
+    assert np.array_equal(again[0], moved[0])  # sample i depends only on the seed and i

@@ -258,6 +258,32 @@ def test_config_rejects_bad_start_sources():
     raw["train"]["sample_start_noise_sd"] = 3.0
     train = resolve_config(raw, setting="3d-B").train
     assert (train.sample_start_source, train.sample_start_noise_sd) == ("gpnn", 3.0)
+    for key, value, match in (
+        ("sample_start_zoom_sd", -0.1, r"sample_start_zoom_sd must be >= 0 and < 0.5"),
+        ("sample_start_zoom_sd", 0.5, r"sample_start_zoom_sd must be >= 0 and < 0.5"),
+        ("sample_start_shift_sd", -1, r"sample_start_shift_sd must be >= 0"),
+    ):
+        bad = {**raw, "train": {**raw["train"], key: value}}
+        with pytest.raises(ValueError, match=match):
+            resolve_config(bad, setting="3d-B")
+
+
+def test_layouts_start_from_the_zoomed_and_shifted_volume(monkeypatch):
+    model = with_source(with_start(make_model("3d-B"), 1), "gpnn")
+    train = dataclasses.replace(
+        model.config.train, sample_start_zoom_sd=0.06, sample_start_shift_sd=0.5
+    )
+    model.config = dataclasses.replace(model.config, train=train)
+    seen = {}
+
+    def fake(volumes, n, **kwargs):
+        seen.update(kwargs)
+        return np.zeros((n, *np.shape(volumes[-1])), dtype=np.float32)
+
+    monkeypatch.setattr(sample_start, "generate_gpnn", fake)
+    sample_start.gpnn_layouts(model, 1, 2, seed=0)
+    assert (seen["zoom_sd"], seen["shift_sd"], seen["noise_sd"]) == (0.06, 0.5, 2.5)
+    assert "zoom sd 0.06 shift sd 0.5" in sample_start.sampling_recipe(model, 1)
 
 
 def test_sample_noise_factor_scales_the_amplitudes_above_the_start():
