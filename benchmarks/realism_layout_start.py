@@ -42,7 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from realism_levers import score_cells, score_samples  # noqa: E402
+from realism_levers import realism_table, score_samples  # noqa: E402
 
 import ctgan.sample_start as sample_start  # noqa: E402
 from ctgan import gpnn  # noqa: E402
@@ -138,18 +138,14 @@ def layouts_from(start: str):
 
 
 def table(rows: list[dict]) -> str:
-    header = (
-        "| model | layout start | noise × | seed | chest-like | lung fraction of body (real) "
-        "| both sides | tissue L1 | body W1 HU | diversity | max SSIM to training "
-        "| layouts ≥ 0.98 corr. to the scan's |\n" + "|---" * 12 + "|\n"
-    )
-    lines = [
-        f"| {r['model']} | {r['start']} | {r['noise_factor']:g} | {r['seed']} "
-        + score_cells(r, r["k"])
-        + f" {r['layout_copies']}/{r['k']} |"
-        for r in rows
-    ]
-    return header + "\n".join(lines) + "\n"
+    lead = {
+        "model": lambda r: r["model"],
+        "layout start": lambda r: r["start"],
+        "noise ×": lambda r: f"{r['noise_factor']:g}",
+        "seed": lambda r: r["seed"],
+    }
+    copies = ("layouts ≥ 0.98 corr. to the scan's", lambda r: f"{r['layout_copies']}/{r['k']}")
+    return realism_table(rows, lead, copies)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,26 @@ def score_samples(samples: np.ndarray, real: np.ndarray, rec: np.ndarray) -> dic
     }
 
 
+def realism_table(rows: list[dict], lead: dict, tail: tuple) -> str:
+    """A markdown table of ``rows``: the ``lead`` columns (header -> cell of a row), the realism
+    cells of :func:`score_cells`, then one ``tail`` column (header, cell of a row)."""
+    header = (
+        "| "
+        + " | ".join(lead)
+        + " | chest-like | lung fraction of body (real) | both sides | tissue L1 | body W1 HU "
+        f"| diversity | max SSIM to training | {tail[0]} |\n" + "|---" * (len(lead) + 8) + "|\n"
+    )
+    lines = [
+        "| "
+        + " | ".join(str(cell(r)) for cell in lead.values())
+        + " "
+        + score_cells(r, r["k"])
+        + f" {tail[1](r)} |"
+        for r in rows
+    ]
+    return header + "\n".join(lines) + "\n"
+
+
 def score_cells(row: dict, k: int) -> str:
     """A table row's realism cells, from chest-like to the highest SSIM to training."""
     return (

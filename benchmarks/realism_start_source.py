@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from realism_levers import score_cells, score_samples  # noqa: E402
+from realism_levers import realism_table, score_samples  # noqa: E402
 
 from ctgan.checkpoint import load_trained  # noqa: E402
 from ctgan.preprocess import load_pyramid  # noqa: E402
@@ -50,18 +50,13 @@ def table(rows: list[dict]) -> str:
     rows = sorted(
         rows, key=lambda r: (order[r["model"]], r["source"], -r["noise_factor"], r["seed"])
     )
-    header = (
-        "| model | start from | noise × | seed | chest-like | lung fraction of body (real) "
-        "| both sides | tissue L1 | body W1 HU | diversity | max SSIM to training "
-        "| s per sample |\n" + "|---" * 12 + "|\n"
-    )
-    lines = [
-        f"| {r['model']} | {r['source']} | {r['noise_factor']:g} | {r['seed']} "
-        + score_cells(r, r["k"])
-        + f" {r['seconds_per_sample']:.2f} |"
-        for r in rows
-    ]
-    return header + "\n".join(lines) + "\n"
+    lead = {
+        "model": lambda r: r["model"],
+        "start from": lambda r: r["source"],
+        "noise ×": lambda r: f"{r['noise_factor']:g}",
+        "seed": lambda r: r["seed"],
+    }
+    return realism_table(rows, lead, ("s per sample", lambda r: f"{r['seconds_per_sample']:.2f}"))
 
 
 def main(argv: list[str] | None = None) -> int:
