@@ -30,7 +30,6 @@ measured and the markdown table is rewritten from all of them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from realism_levers import realism_table, score_samples  # noqa: E402
+from realism_levers import append_row, realism_table, rewrite_table, score_samples  # noqa: E402
 
 import ctgan.sample_start as sample_start  # noqa: E402
 from ctgan import gpnn  # noqa: E402
@@ -207,14 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                             "layout_max_correlation": max(correlation),
                             "seconds_per_sample": seconds,
                         }
-                        print(json.dumps(row), flush=True)
-                        with jsonl.open("a") as handle:
-                            handle.write(json.dumps(row) + "\n")
+                        append_row(jsonl, row)
                 finally:
                     sample_start.gpnn_layouts = original
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    args.out.with_suffix(".md").write_text(table(rows))
-    print(args.out.with_suffix(".md").read_text())
+    rewrite_table(args.out, table)
     return 0
 
 

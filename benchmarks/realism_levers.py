@@ -68,6 +68,21 @@ def score_samples(samples: np.ndarray, real: np.ndarray, rec: np.ndarray) -> dic
     }
 
 
+def append_row(jsonl: Path, row: dict) -> None:
+    """Print ``row`` and append it to ``jsonl`` (an interrupted study keeps what it measured)."""
+    print(json.dumps(row), flush=True)
+    with jsonl.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def rewrite_table(out: Path, table) -> None:
+    """Rewrite ``out``.md from every row of ``out``.jsonl with ``table(rows)``, and print it."""
+    jsonl = out.with_suffix(".jsonl")
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    out.with_suffix(".md").write_text(table(rows))
+    print(out.with_suffix(".md").read_text())
+
+
 def realism_table(rows: list[dict], lead: dict, tail: tuple) -> str:
     """A markdown table of ``rows``: the ``lead`` columns (header -> cell of a row), the realism
     cells of :func:`score_cells`, then one ``tail`` column (header, cell of a row)."""

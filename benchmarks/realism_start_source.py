@@ -14,7 +14,6 @@ appended to ``--out``.jsonl as they are measured and the markdown table is rewri
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from realism_levers import realism_table, score_samples  # noqa: E402
+from realism_levers import append_row, realism_table, rewrite_table, score_samples  # noqa: E402
 
 from ctgan.checkpoint import load_trained  # noqa: E402
 from ctgan.preprocess import load_pyramid  # noqa: E402
@@ -102,12 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                         **score_samples(samples, real, rec),
                         "seconds_per_sample": seconds,
                     }
-                    print(json.dumps(row), flush=True)
-                    with jsonl.open("a") as handle:
-                        handle.write(json.dumps(row) + "\n")
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    args.out.with_suffix(".md").write_text(table(rows))
-    print(args.out.with_suffix(".md").read_text())
+                    append_row(jsonl, row)
+    rewrite_table(args.out, table)
     return 0
 
 
