@@ -7,8 +7,8 @@ moved would pass the report's copy check (SSIM to the unmoved scan < 0.9) and st
 This script aligns the scan to each sample as well as a grid allows: zoom factors 1 + z per axis
 (y and x separately) and shifts in voxels of the finest scale, bilinear, border values outside,
 the same in every slice; and reports the best SSIM (``ctgan.similarity``'s 3D SSIM on the paper
-scale, the report's) next to the unmoved one. The grid holds the identity, so the aligned SSIM is never
-below the unmoved one.
+scale, the report's) next to the unmoved one. The grid holds the identity, so the aligned SSIM is
+never below the unmoved one.
 
     python benchmarks/aligned_copies.py models/3d-B models/3d-C models/3d-D --k 16 --seed 0
 """
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     real = np.asarray(load_pyramid(args.pyramid).volumes[-1], dtype=np.float32)
     moved_reals = candidates(real, args.zooms, args.shifts)
+    real_paper = network_to_paper(real)
     results = {}
     for folder in args.models:
         began = time.perf_counter()
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = network_to_paper(
             sample_volumes(model, args.k, seed=args.seed, progress=False, precision="float32")
         )
-        plain = [ssim_3d(s, network_to_paper(real)) for s in samples]
+        plain = [ssim_3d(s, real_paper) for s in samples]
         aligned = [best_aligned(s, moved_reals) for s in samples]
         results[folder.name] = {
             "k": args.k,

@@ -76,6 +76,9 @@ def _resample(volume: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> torch
 def perturbed_start(real: torch.Tensor, start: str, generator: torch.Generator) -> torch.Tensor:
     """The estimate a layout's PNN steps start from, for one sample (module docstring)."""
     kind, values = parse_start(start)
+    if kind == "affine":  # the package's own zoomed and shifted start (train.sample_start_*)
+        spread, shift, sd = values
+        return gpnn.start_estimate(real, generator, sd, spread, shift)
     shape = tuple(real.shape)
     white = torch.randn(shape, generator=generator) * values[-1]
     if kind == "white":
@@ -89,19 +92,14 @@ def perturbed_start(real: torch.Tensor, start: str, generator: torch.Generator) 
         field = F.interpolate(field[None, None], size=shape, mode="trilinear", align_corners=True)
         field = field[0, 0] / field.std()
         return real + sd * field + white
+    # warp: a smooth random in-plane displacement field
     zz, yy, xx = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in shape], indexing="ij")
     to_unit = torch.tensor([2 / (shape[2] - 1), 2 / (shape[1] - 1)])  # voxels -> [-1, 1]
-    if kind == "warp":
-        amplitude, lattice = values[0], int(values[1])
-        field = torch.randn((1, 2, 1, lattice, lattice), generator=generator)
-        field = F.interpolate(field, size=shape, mode="trilinear", align_corners=True)[0]
-        gx = xx + field[0] * amplitude * to_unit[0]
-        gy = yy + field[1] * amplitude * to_unit[1]
-    else:  # affine
-        spread, shift = values[0], values[1]
-        draw = torch.randn(4, generator=generator)
-        gx = xx / (1 + spread * draw[0]) + draw[2] * shift * to_unit[0]
-        gy = yy / (1 + spread * draw[1]) + draw[3] * shift * to_unit[1]
+    amplitude, lattice = values[0], int(values[1])
+    field = torch.randn((1, 2, 1, lattice, lattice), generator=generator)
+    field = F.interpolate(field, size=shape, mode="trilinear", align_corners=True)[0]
+    gx = xx + field[0] * amplitude * to_unit[0]
+    gy = yy + field[1] * amplitude * to_unit[1]
     return _resample(real, gx, gy) + white
 
 
@@ -109,7 +107,15 @@ def layouts_from(start: str):
     """A stand-in for ``ctgan.sample_start.gpnn_layouts`` whose PNN steps start from ``start``
     (the model's gpnn section otherwise: patch, steps, alpha, search radius)."""
 
+    drawn: dict[tuple, torch.Tensor] = {}  # sampling and the copy count use the same layouts
+
     def layouts(model, scale: int, n: int, seed: int) -> torch.Tensor:
+        key = (id(model.real_volumes), scale, n, seed)
+        if key not in drawn:
+            drawn[key] = draw(model, scale, n, seed)
+        return drawn[key]
+
+    def draw(model, scale: int, n: int, seed: int) -> torch.Tensor:
         options = gpnn.gpnn_options(model.config.gpnn)
         reals = [
             torch.as_tensor(np.asarray(v, dtype=np.float32)) for v in model.real_volumes[:scale]
