@@ -100,6 +100,24 @@ def evaluate_trained(
     ``real`` is the finest training volume (D, H, W) in [-1, 1]. Without a segmenter the Fréchet
     metrics are left out and the lungs come from HU thresholds.
     """
+    metrics, _ = _evaluate_trained(
+        model, real, spacing_zyx_mm, segmenter, num_samples, seed, device, progress
+    )
+    return metrics
+
+
+def _evaluate_trained(
+    model: Any,
+    real: np.ndarray,
+    spacing_zyx_mm: tuple[float, float, float],
+    segmenter: SegmenterLike | None,
+    num_samples: int,
+    seed: int,
+    device: str,
+    progress: bool,
+) -> tuple[dict[str, dict[str, float]], MetricInputs]:
+    """``evaluate_trained``'s metrics and the inputs they were computed on (the samples and the
+    reconstruction, which the evaluate notebook's figures show without drawing them again)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(
             f"num_samples must be an integer >= 2 (diversity needs pairs); got {num_samples!r}"
@@ -128,7 +146,7 @@ def evaluate_trained(
         segmenter=segmenter,
         device=device,
     )
-    return compute_metrics(inputs)
+    return compute_metrics(inputs), inputs
 
 
 def summarise_seeds(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
@@ -201,19 +219,47 @@ def evaluate_model(
     Fréchet metrics; ``num_samples`` = K random samples per seed, drawn with ``seed``.
     Returns the JSON layout of the module docstring.
     """
+    return evaluate_model_samples(
+        model_dir, pyramid, segmenter, num_samples, seed, device, progress
+    )[0]
+
+
+def evaluate_model_samples(
+    model_dir: str | Path,
+    pyramid: PyramidLike,
+    segmenter: SegmenterLike | None,
+    num_samples: int,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """``evaluate_model``'s result with the first seed's K samples ``(K, D, H, W)`` and its
+    reconstruction ``(D, H, W)``, in [-1, 1]: the very volumes the metrics scored (float32,
+    ``seed``), for the figures (as ``ctgan.baseline.evaluate_gpnn`` returns the GPNN's)."""
     folders = seed_folders(model_dir)
     real = np.asarray(pyramid.volumes[-1], dtype=np.float32)
     spacing = tuple(float(v) for v in pyramid.spacings_zyx_mm[-1])
     per_seed = []
     config = None
+    first: MetricInputs | None = None
     for k, folder in folders:
         log.info("evaluating %s (seed %d): %d samples", folder, k, num_samples)
         model = _load_trained(folder, device)
         config = model.config
-        per_seed.append(
-            evaluate_trained(model, real, spacing, segmenter, num_samples, seed, device, progress)  # type: ignore[arg-type]
+        metrics, inputs = _evaluate_trained(
+            model,
+            real,
+            spacing,  # type: ignore[arg-type]
+            segmenter,
+            num_samples,
+            seed,
+            device,
+            progress,
         )
-    assert config is not None
+        per_seed.append(metrics)
+        if first is None:
+            first = inputs
+    assert config is not None and first is not None
     summary = summarise_seeds(per_seed)
     name = config.setting or Path(model_dir).name
     result: dict[str, Any] = {
@@ -230,7 +276,7 @@ def evaluate_model(
         result, summary, segmenter, before_notes={"config": training_procedure(config)}
     )
     check_finite(result)
-    return result
+    return result, first.samples, first.reconstruction
 
 
 def training_procedure(config: Any) -> dict[str, Any]:

@@ -155,6 +155,22 @@ def test_evaluate_model_without_segmenter_leaves_out_frechet_only(tmp_path, fake
     assert result["reconstruction"]["psnr"]["sd"] == 0.0
 
 
+def test_evaluate_model_samples_returns_the_volumes_the_metrics_scored(tmp_path, fake_loader):
+    from ctgan.sample import reconstruct, sample_volumes
+
+    model_dir = fake_model_folder(tmp_path, [3, 1])
+    result, samples, reconstruction = evaluate.evaluate_model_samples(
+        model_dir, fake_pyramid(), None, 3, seed=5, progress=False
+    )
+    first = fake_model(1)  # the lowest seed folder
+    drawn = sample_volumes(first, 3, seed=5, batch_size=1, progress=False, precision="float32")
+    np.testing.assert_array_equal(samples, drawn)
+    np.testing.assert_array_equal(reconstruction, reconstruct(first, precision="float32"))
+    alone = evaluate.evaluate_model(model_dir, fake_pyramid(), None, 3, seed=5, progress=False)
+    assert json.dumps(result, sort_keys=True) == json.dumps(alone, sort_keys=True)
+    assert result["seeds"] == [1, 3]
+
+
 def test_write_metrics_and_check_finite_reject_bad_results(tmp_path):
     with pytest.raises(ValueError, match="metrics result lacks num_samples"):
         evaluate.write_metrics(tmp_path / "m.json", {"seeds": [0]})
