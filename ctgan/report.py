@@ -100,6 +100,21 @@ def copy_figure(given: Any, target: Path) -> bool:
     return True
 
 
+def precision_text(asked: str, metrics: Mapping[str, Any]) -> str:
+    """``train.precision`` as asked and, for ``auto``, what the models recorded they trained in
+    (bf16 where the machine computes it natively, else float32)."""
+    used = sorted(
+        {
+            str(m["config"]["train"]["precision"])
+            for m in metrics.values()
+            if isinstance(m.get("config"), Mapping) and "train" in m["config"]
+        }
+    )
+    if asked != "auto" or not used:
+        return f"`{asked}`"
+    return f"`auto` (the models trained in {' and '.join(f'`{u}`' for u in used)})"
+
+
 def first_seed_folder(model_dir: Path) -> Path:
     """The lowest ``seed<k>/`` folder of a model (the one the figures show)."""
     from ctgan.evaluate import seed_folders
@@ -210,7 +225,7 @@ def build_report(
         "",
         f"- **profile**: `{cfg.profile}` — pyramid {' → '.join('×'.join(map(str, s)) for s in pyramid.shapes)}"
         f" (D×H×W), {cfg.train.iterations_per_scale}·(s+1) iterations per scale, "
-        f"precision `{cfg.train.precision}`",
+        f"precision {precision_text(cfg.train.precision, metrics)}",
         f"- **data source**: `{source}` — scan `{pyramid.meta.get('seriesuid', '?')}`"
         + (" (synthetic phantom written by `ctgan phantom`)" if source == "phantom" else ""),
         f"- **seeds**: {seeds} (mean ± sd over seeds where more than one); "

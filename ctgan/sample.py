@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ctgan.layers import bf16_autocast
+from ctgan.layers import bf16_autocast, native_bf16
 from ctgan.nets import make_noise
 from ctgan.sample_start import (
     check_injection_scale,
@@ -178,18 +178,6 @@ def _resolve_device(model: TrainedModel, device: str | torch.device | None) -> t
     if target != current:
         model.generator.to(target)
     return target
-
-
-def native_bf16(device: str | torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 or AMX (elsewhere bf16 autocast is emulated and slower than float32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, torch >= 2.3
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:

@@ -32,6 +32,7 @@ The run around it (growing the networks, seeds, checkpoints, resuming) is ``ctga
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from ctgan.checkpoint import RunState
 from ctgan.config import Config, iterations_for_scale
 from ctgan.history import Row
 from ctgan.intensity import network_to_paper
-from ctgan.layers import bf16_autocast
+from ctgan.layers import bf16_autocast, native_bf16
 from ctgan.nets import GeneratorPyramid, make_noise, upsample
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +71,21 @@ def precision_settings(precision: str) -> Precision:
         return Precision(torch.float32, "instance", True)
     if precision == "reference":
         return Precision(torch.float64, "batch", False)
-    raise ValueError(f"train.precision must be float32, bf16 or reference; got {precision!r}")
+    raise ValueError(
+        f"train.precision must be float32, bf16 or reference (auto is resolved per device by "
+        f"resolve_training_precision first); got {precision!r}"
+    )
+
+
+def resolve_training_precision(cfg: Config, device: torch.device) -> Config:
+    """``cfg`` with ``train.precision: auto`` resolved for ``device``: bf16 where the device
+    computes it natively (``ctgan.layers.native_bf16``: AVX512-BF16/AMX CPUs, bf16 GPUs), else
+    float32; any other value unchanged. Training runs, and its checkpoint and ``config.json``
+    record, the resolved value."""
+    if cfg.train.precision != "auto":
+        return cfg
+    name = "bf16" if native_bf16(device) else "float32"
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=name))
 
 
 def derived_seed(seed: int, *keys: int) -> int:

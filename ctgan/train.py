@@ -51,6 +51,7 @@ from ctgan.scale_trainer import (
     derived_seed,
     precision_settings,
     real_shapes,
+    resolve_training_precision,
     run_reals,
 )
 
@@ -73,6 +74,7 @@ __all__ = [
     "read_checkpoint",
     "read_history",
     "resolve_device",
+    "resolve_training_precision",
     "scale_trainer_at",
     "train_model",
 ]
@@ -227,6 +229,7 @@ def train_model(
     callbacks = list(callbacks)
     out_dir = ensure_writable_dir(out_dir)
     device = resolve_device(cfg.train.device)
+    cfg = resolve_training_precision(cfg, device)  # auto -> bf16 | float32, recorded as such
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes within a scale: autotune the convs
     precision = precision_settings(cfg.train.precision)
@@ -315,6 +318,7 @@ def scale_trainer_at(
     if not 0 <= scale < len(volumes):
         raise ValueError(f"scale must be in [0, {len(volumes) - 1}]; got {scale}")
     device = resolve_device(cfg.train.device)
+    cfg = resolve_training_precision(cfg, device)
     precision = precision_settings(cfg.train.precision)
     reals = run_reals(volumes, precision, device, segmenter)
     shapes = real_shapes(reals)

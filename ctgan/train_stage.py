@@ -21,7 +21,13 @@ from torch import nn
 from ctgan.config import Config
 from ctgan.io import ensure_writable_dir
 from ctgan.runlock import AncestorWatch, RunFolderLock
-from ctgan.train import Callback, PyramidLike, train_model
+from ctgan.train import (
+    Callback,
+    PyramidLike,
+    resolve_device,
+    resolve_training_precision,
+    train_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +72,8 @@ def train_stage(
     (``TrainingOrphaned``) when the dvc process that started it is gone.
     """
     out_dir, work_root = ensure_writable_dir(out_dir), ensure_writable_dir(work_root)
+    # precision auto: the work folder's key holds what this machine trains in (bf16 | float32)
+    cfg = resolve_training_precision(cfg, resolve_device(cfg.train.device))
     watch = AncestorWatch.for_pipeline()
     logger.info("parent processes: %s", watch.describe())
     callbacks = [*callbacks, lambda row: watch.check()]

@@ -192,7 +192,7 @@ def test_config_is_frozen():
         ({"train.lr_decay_factor": 0.0}, r"train.lr_decay_factor must be > 0"),
         ({"train.adversarial_loss": "hinge"}, r"adversarial_loss must be one of lsgan, wgangp"),
         ({"train.projection_mode": "max"}, r"projection_mode must be one of mean, edge"),
-        ({"train.precision": "fp16"}, r"precision must be one of float32, bf16, reference"),
+        ({"train.precision": "fp16"}, r"precision must be one of auto, float32, bf16, reference"),
         ({"train.device": "tpu"}, r"train.device must be one of auto, cpu, cuda"),
         ({"train.new_scale_init": "zero"}, r"new_scale_init must be one of copy, identity; got"),
         ({"train.generator_channels": 0}, r"train.generator_channels must be >= 1"),

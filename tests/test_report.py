@@ -134,6 +134,23 @@ def test_procedure_text_leaves_out_sampling_keys_that_change_nothing(one_result)
     assert "sample_start_noise_sd" not in tables.procedure_text(metrics, ["3d-B"])
 
 
+def test_precision_text_says_what_auto_trained_in(one_result):
+    def trained_in(precision):
+        result = copy.deepcopy(one_result)
+        result["config"]["train"]["precision"] = precision
+        return result
+
+    both = {"3d-A": trained_in("bf16"), "2d-A": trained_in("float32"), "x": {"name": "gpnn"}}
+    assert report.precision_text("float32", both) == "`float32`"
+    assert report.precision_text("auto", {"x": {}}) == "`auto`"
+    assert report.precision_text("auto", {"3d-A": trained_in("bf16")}) == (
+        "`auto` (the models trained in `bf16`)"
+    )
+    assert report.precision_text("auto", both) == (
+        "`auto` (the models trained in `bf16` and `float32`)"
+    )
+
+
 def test_criteria_and_gpnn_texts_state_the_thresholds(one_result):
     criteria = tables.criteria_text()
     for needle in ("±30%", "2% of the body", "≤ 0.15", "≤ 50 HU", "75%", "≥ 0.2", "< 0.9"):

@@ -213,6 +213,30 @@ def test_train_stage_resumes_after_dvc_deleted_its_outputs(tmp_path: Path) -> No
     assert [p.name for p in (tmp_path / "work").iterdir()] == [".3d-B-seed0.lock"]
 
 
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "float32")])
+def test_auto_precision_trains_and_records_what_the_device_computes_natively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool, expected: str
+) -> None:
+    import ctgan.scale_trainer as scale_trainer
+
+    monkeypatch.setattr(scale_trainer, "native_bf16", lambda device: native)
+    cfg = tiny_config("3d-B", precision="auto")
+    resolved = scale_trainer.resolve_training_precision(cfg, torch.device("cpu"))
+    assert resolved.train.precision == expected
+    assert resolved.training_dict() == tiny_config("3d-B", precision=expected).training_dict()
+    plain = tiny_config("3d-B")
+    assert scale_trainer.resolve_training_precision(plain, torch.device("cpu")) is plain
+    pyramid = synthetic_pyramid(scale_shapes(cfg.pyramid))
+    train_stage(cfg, pyramid, tmp_path / "out", tmp_path / "work")
+    recorded = json.loads((tmp_path / "out" / "seed0" / "config.json").read_text())
+    assert recorded["train"]["precision"] == expected
+    assert load_trained(tmp_path / "out" / "seed0").config.train.precision == expected
+    # the same run as one asked for with the resolved value: its work folder's key, its weights
+    assert run_key(resolved, 0) != run_key(cfg, 0)
+    train_stage(tiny_config("3d-B", precision=expected), pyramid, tmp_path / "b", tmp_path / "wb")
+    assert_same_state(state(tmp_path / "out" / "seed0"), state(tmp_path / "b" / "seed0"))
+
+
 def test_run_key_follows_config_and_seed() -> None:
     cfg = tiny_config("3d-B")
     assert run_key(cfg, 0) == run_key(tiny_config("3d-B"), 0)
