@@ -15,7 +15,6 @@ fastest iteration per round, median over rounds. Writes benchmarks/results/preci
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_train import timing_segmenter, with_mode
 from machine import cpu_flags, machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,7 +31,6 @@ from ctgan.config import load_config  # noqa: E402
 from ctgan.layers import native_bf16  # noqa: E402
 from ctgan.preprocess import load_pyramid  # noqa: E402
 from ctgan.runtime import freed_memory_kept  # noqa: E402
-from ctgan.segmenter import Segmenter  # noqa: E402
 from ctgan.train import scale_trainer_at  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +39,8 @@ PRECISIONS = ("float32", "bf16")
 
 
 def fastest_iteration(cfg, volumes, scale: int) -> float:
-    segmenter = None
-    if cfg.uses("segmentation"):  # an untrained one: the cost does not depend on its weights
-        torch.manual_seed(0)
-        segmenter = Segmenter(base_channels=cfg.segmenter.base_channels)
     with freed_memory_kept():
-        trainer = scale_trainer_at(cfg, volumes, scale, segmenter=segmenter)
+        trainer = scale_trainer_at(cfg, volumes, scale, segmenter=timing_segmenter(cfg))
         trainer.iteration(0)
         times = []
         for i in range(1, 4):
@@ -74,8 +69,7 @@ def main() -> None:
         times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
         for _ in range(args.rounds):
             for precision in PRECISIONS:
-                train = dataclasses.replace(base.train, precision=precision, device="cpu")
-                cfg = dataclasses.replace(base, train=train)
+                cfg = with_mode(base, precision)
                 times[precision].append(fastest_iteration(cfg, volumes, scale))
         row = {
             "setting": setting,

@@ -74,15 +74,20 @@ def with_mode(cfg: Config, mode: str, device: str = "cpu") -> Config:
     )
 
 
+def timing_segmenter(cfg: Config) -> Segmenter | None:
+    """An untrained segmenter for settings with the segmentation term (the cost of an iteration
+    does not depend on its weights), else None."""
+    if not cfg.uses("segmentation"):
+        return None
+    torch.manual_seed(0)
+    return Segmenter(base_channels=cfg.segmenter.base_channels)
+
+
 def build(cfg: Config, scale: int) -> ScaleTrainer:
     shapes = scale_shapes(cfg.pyramid)
     rng = np.random.default_rng(0)
     volumes = [np.tanh(rng.standard_normal(shape)).astype(np.float32) for shape in shapes]
-    segmenter = None
-    if cfg.uses("segmentation"):
-        torch.manual_seed(0)
-        segmenter = Segmenter(base_channels=cfg.segmenter.base_channels)
-    return scale_trainer_at(cfg, volumes, scale, seed=0, segmenter=segmenter)
+    return scale_trainer_at(cfg, volumes, scale, seed=0, segmenter=timing_segmenter(cfg))
 
 
 def synchronize(device: str) -> None:
