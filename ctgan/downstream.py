@@ -88,10 +88,15 @@ def training_scan(pyramid: Any) -> LabelledSet:
 
 
 def held_out_scans(
-    root: str | Path, training_uid: str, shape: Sequence[int], limit: int
+    root: str | Path,
+    training_uid: str,
+    shape: Sequence[int],
+    limit: int,
+    anti_aliasing: bool = False,
 ) -> LabelledSet:
     """Up to ``limit`` scans of the LUNA16-layout folder ``root`` other than ``training_uid``,
-    each resized whole to ``shape`` (volume and masks, the preprocess stage's resize rule)."""
+    each resized whole to ``shape`` (volume and masks, the preprocess stage's resize rule; the
+    volume low-passed first with ``anti_aliasing``, as the training pyramid's)."""
     folder = Luna16Folder(root)
     uids = [uid for uid in folder.seriesuids() if uid != training_uid][:limit]
     if not uids:
@@ -104,7 +109,7 @@ def held_out_scans(
     volumes, lungs, nodules = [], [], []
     for uid in uids:
         volume, lung, nodule, _spacing = load_training_scan(folder, uid)
-        volumes.append(np.clip(resize_volume(volume, target), -1.0, 1.0))
+        volumes.append(np.clip(resize_volume(volume, target, anti_aliasing), -1.0, 1.0))
         lungs.append(np.clip(resize_volume(lung, target), 0.0, 1.0))
         nodules.append(np.clip(resize_volume(nodule, target), 0.0, 1.0))
         log.info("held-out scan %s resized to %s", uid, target)
@@ -239,7 +244,8 @@ def run_downstream(
     real = training_scan(pyramid)
     shape = pyramid.volumes[-1].shape
     spacing = pyramid.spacings_zyx_mm[-1]
-    test = held_out_scans(data_root, real.names[0], shape, down.test_scans)
+    anti_aliasing = bool(pyramid.meta.get("anti_aliasing", False))  # the pyramid's resize rule
+    test = held_out_scans(data_root, real.names[0], shape, down.test_scans, anti_aliasing)
     runs: list[dict[str, Any]] = []
     trust: dict[str, list[float]] = {name: [] for name in down.models}
     examples: dict[str, dict[str, np.ndarray]] = {}

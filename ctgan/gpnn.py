@@ -308,6 +308,8 @@ def generate_gpnn(
     search_radius: Sequence[int] | None = (1, 3, 3),
     chunk_size: int = 4096,
     device: str | torch.device = "cpu",
+    max_correlation: float = 1.0,
+    max_draws: int = 10,
 ) -> np.ndarray:
     """``num_samples`` GPNN samples at the finest scale: float32 ``(K, D, H, W)`` in [-1, 1].
 
@@ -323,7 +325,11 @@ def generate_gpnn(
     the keys within this radius of its upsampled nearest-neighbour field (VGPNN uses PatchMatch
     there); None = exact search over all keys at every scale (memory and time grow with the
     square of the voxel count). ``chunk_size``: queries per distance block (memory only: the
-    result does not depend on it).
+    result does not depend on it). ``max_correlation`` < 1: a sample whose Pearson correlation
+    with the finest volume used reaches it gives the scan's own arrangement back (a copy) and is
+    drawn again from the next start of its generator, up to ``max_draws`` draws in all (then the
+    least correlated draw is kept, with a warning); 1.0 (GPNN's own rule) keeps every first draw.
+    Sample *k* depends only on ``seed`` and *k*.
     """
     patch = _check_patch(patch_size)
     radius = None if search_radius is None else _check_radius(search_radius)
@@ -348,6 +354,13 @@ def generate_gpnn(
                 + (" and < 0.5" if name == "zoom_sd" else "")
                 + f"; got {value!r}"
             )
+    if not -1.0 < max_correlation <= 1.0:
+        raise ValueError(
+            f"max_correlation must be in (-1, 1] (1 = keep every draw, GPNN's rule); got "
+            f"{max_correlation!r}"
+        )
+    if isinstance(max_draws, bool) or not isinstance(max_draws, int) or max_draws < 1:
+        raise ValueError(f"max_draws must be an integer >= 1; got {max_draws!r}")
     if len(pyramid_volumes) < 1:
         raise ValueError("pyramid_volumes must hold at least one (D, H, W) volume; got none")
     if not 0 <= start_scale < len(pyramid_volumes):
@@ -364,14 +377,50 @@ def generate_gpnn(
     samples = []
     for k in range(num_samples):
         generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + k)
-        with torch.no_grad():
-            start = start_estimate(reals[0], generator, noise_sd, zoom_sd, shift_sd)
-            sample = _generate_one(
-                reals, start, patch, (iterations, finest), alpha, radius, chunk_size
+        draws: list[tuple[float, torch.Tensor]] = []
+        while len(draws) < (max_draws if max_correlation < 1.0 else 1):
+            with torch.no_grad():
+                start = start_estimate(reals[0], generator, noise_sd, zoom_sd, shift_sd)
+                sample = _generate_one(
+                    reals, start, patch, (iterations, finest), alpha, radius, chunk_size
+                ).clamp(-1.0, 1.0)
+            draws.append((correlation(sample, reals[-1]) if max_correlation < 1.0 else 0.0, sample))
+            if draws[-1][0] < max_correlation:
+                break
+            log.info(
+                "GPNN sample %d: draw %d gives the scan back (correlation %.4f >= %g); drawing again",
+                k + 1,
+                len(draws),
+                draws[-1][0],
+                max_correlation,
             )
-        samples.append(sample.clamp(-1.0, 1.0).cpu().numpy())
+        kept_correlation, sample = min(draws, key=lambda draw: draw[0])
+        if kept_correlation >= max_correlation:
+            log.warning(
+                "GPNN sample %d: all %d draws correlate >= %g with the scan; keeping the least "
+                "correlated (%.4f)",
+                k + 1,
+                len(draws),
+                max_correlation,
+                kept_correlation,
+            )
+        samples.append(sample.cpu().numpy())
         log.info("GPNN sample %d/%d done", k + 1, num_samples)
     return np.stack(samples).astype(np.float32)
+
+
+def correlation(volume: torch.Tensor, reference: torch.Tensor) -> float:
+    """Pearson correlation of two volumes of the same shape (1.0: the same up to an affine map of
+    the intensities; 0 where either is constant)."""
+    if volume.shape != reference.shape:
+        raise ValueError(
+            f"correlation needs volumes of the same shape; got {tuple(volume.shape)} and "
+            f"{tuple(reference.shape)}"
+        )
+    a = volume.double().flatten() - volume.double().mean()
+    b = reference.double().flatten() - reference.double().mean()
+    norm = float(a.norm() * b.norm())
+    return 0.0 if norm == 0.0 else float((a @ b) / norm)
 
 
 def reconstruct_gpnn(pyramid_volumes: Sequence[np.ndarray | torch.Tensor], **kwargs) -> np.ndarray:

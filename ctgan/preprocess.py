@@ -6,8 +6,13 @@ the networks' range [-1, 1] (``ctgan.intensity.hu_to_network``); take the offici
 (labels 3 and 4) or compute one (``compute_lung_mask``); draw the annotated nodules as spheres in
 voxel space; then resize the volume and both masks to every scale shape of
 ``scale_shapes(pyramid)`` directly from the full-resolution arrays, trilinear with
-``align_corners=True`` (the seed's rule, ctgan-facts §1). Masks stay float in [0, 1]. The physical
-spacing of scale s is the original extent divided by its shape.
+``align_corners=True`` (the seed's rule, ctgan-facts §1). With ``pyramid.anti_aliasing`` (the
+``cpu`` profile; the seed aliases, facts §14) the volume is low-passed first (``anti_alias``); the
+masks are labels and keep the seed's rule, so that a nodule smaller than a voxel of the scale is
+not averaged away. Masks stay float in [0, 1]. The physical spacing of scale s is the original
+extent divided by its shape. ``meta.json`` records ``anti_aliasing``; whatever else resizes a scan
+to a scale of the pyramid (the downstream test's held-out scans, the segmenter's crops at the
+training zoom, injected volumes) follows it.
 
 On disk (``save_pyramid`` / ``load_pyramid``): ``pyramid.npz`` with ``volume_s``, ``lungs_s``,
 ``nodules_s`` for every scale s (coarsest first) and ``meta.json`` (docs/architecture.md).
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,8 +270,48 @@ def load_training_scan(
     )
 
 
-def resize_volume(array: np.ndarray, shape_zyx: tuple[int, int, int]) -> np.ndarray:
-    """Trilinear resize with align_corners=True (the seed's rule), float32 ``(D, H, W)``."""
+def anti_aliasing_sigma(
+    source_shape: Sequence[int], target_shape: Sequence[int]
+) -> tuple[float, ...]:
+    """Per axis, the sd in source voxels of the Gaussian that band-limits a resize from
+    ``source_shape`` to ``target_shape``: ``(d - 1) / 2`` for a downsampling factor
+    ``d = source / target`` > 1 (scikit-image's ``resize(anti_aliasing=True)`` rule), 0 where the
+    axis keeps or gains voxels."""
+    if len(source_shape) != len(target_shape):
+        raise ValueError(
+            f"source and target shapes must have the same number of axes; got {tuple(source_shape)} "
+            f"and {tuple(target_shape)}"
+        )
+    if min(target_shape) < 1:
+        raise ValueError(f"target shape must be >= 1 voxel per axis; got {tuple(target_shape)}")
+    return tuple(
+        max(0.0, (float(n) / float(m) - 1.0) / 2.0)
+        for n, m in zip(source_shape, target_shape, strict=True)
+    )
+
+
+def anti_alias(array: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
+    """``array`` low-passed for a resize to ``shape_zyx`` (Gaussian of
+    :func:`anti_aliasing_sigma`, edges extended), float32; a copy of it where no axis shrinks.
+
+    Resized straight from a 512 x 512 scan to 63 x 63, a trilinear interpolation reads 2 voxels of
+    every 8 per axis: the result is CT noise and aliased detail that no coarser scale predicts
+    (ctgan-facts §14). Low-passed first, each voxel is about the average a detector of that voxel
+    size would record."""
+    array = np.asarray(array, dtype=np.float32)
+    sigma = anti_aliasing_sigma(array.shape, shape_zyx)
+    if not any(sigma):
+        return array.copy()
+    return ndimage.gaussian_filter(array, sigma, mode="nearest").astype(np.float32, copy=False)
+
+
+def resize_volume(
+    array: np.ndarray, shape_zyx: tuple[int, int, int], anti_aliasing: bool = False
+) -> np.ndarray:
+    """Trilinear resize with align_corners=True (the seed's rule), float32 ``(D, H, W)``;
+    ``anti_aliasing``: low-passed first (:func:`anti_alias`, ``pyramid.anti_aliasing``)."""
+    if anti_aliasing:
+        array = anti_alias(array, shape_zyx)
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
     resized = functional.interpolate(
         tensor, size=tuple(shape_zyx), mode="trilinear", align_corners=True
@@ -301,7 +347,7 @@ def preprocess_scan(
     check_upsampling(scan, shapes[-1])
     volumes, lungs, nodules, spacings = [], [], [], []
     for shape in shapes:
-        volumes.append(np.clip(resize_volume(network, shape), -1.0, 1.0))
+        volumes.append(np.clip(resize_volume(network, shape, pyramid_cfg.anti_aliasing), -1.0, 1.0))
         lungs.append(np.clip(resize_volume(prepared.lungs, shape), 0.0, 1.0))
         nodules.append(np.clip(resize_volume(prepared.nodules, shape), 0.0, 1.0))
         spacings.append(tuple(float(v) for v in extent_zyx / np.array(shape)))
@@ -316,6 +362,7 @@ def preprocess_scan(
         "spacing_xyz_mm": list(scan.spacing_xyz_mm),
         "shape_zyx": list(scan.shape_zyx),
         "scale_shapes": [list(s) for s in shapes],
+        "anti_aliasing": bool(pyramid_cfg.anti_aliasing),
         "scale_spacings_zyx_mm": [list(s) for s in spacings],
         "hu_window": [HU_MIN, HU_MAX],
         "lung_mask_source": prepared.lung_mask_source,

@@ -335,13 +335,20 @@ def inject(
     ``volume``: ``(D, H, W)`` in the network range [-1, 1] (any size: it is resized to the level;
     HU files go through :func:`read_injection_volume`). ``scale_index`` in 1 .. num_scales - 1: the
     higher, the more of ``volume`` is kept. Output at the training size, float32 in [-1, 1].
+    A model trained on an anti-aliased pyramid (``pyramid.anti_aliasing``) gets ``volume``
+    low-passed before it shrinks to the level, as its training volume was.
     ``precision``: auto | float32 | bf16 (module docstring).
     """
     check_injection_scale(model, scale_index)
-    start = _check_network_volume(volume)[None, None]  # (1, 1, D, H, W)
+    start = _check_network_volume(volume)
     _check_count("n", n)
     _check_count("batch_size", batch_size)
     shapes = scaled_shapes(model)
+    if model.config.pyramid.anti_aliasing:
+        from ctgan.preprocess import anti_alias
+
+        start = torch.from_numpy(anti_alias(start.numpy(), shapes[scale_index]))
+    start = start[None, None]  # (1, 1, D, H, W)
     device = _resolve_device(model, device)
     precision = resolve_precision(precision, device)
     _, dtype = _generator_device_dtype(model)

@@ -12,7 +12,10 @@ k - 1 with fresh noise, and ``train.sample_start_source`` says which volume:
   made of the scan's own patches, which the GAN's finer scales then refine (README departure 21,
   ``docs/realism.md`` §7). With ``train.sample_start_zoom_sd`` / ``sample_start_shift_sd`` > 0
   the coarsest volume is first scaled and shifted in-plane at random, so that the PNN steps do
-  not fall back into the scan's own arrangement (README departure 25, ``docs/realism.md`` §10).
+  not fall back into the scan's own arrangement (README departure 25, ``docs/realism.md`` §10);
+  with ``train.sample_start_max_correlation`` < 1 a layout that still does (its Pearson
+  correlation with the scan's volume of that scale reaches the bound) is drawn again (README
+  departure 27, ``docs/realism.md`` §13).
   The GPNN search uses the model's ``gpnn`` section (patch size, iterations, alpha, search
   radius). Layout *i* depends only on the sampling seed and *i*.
 
@@ -142,6 +145,8 @@ def sampling_recipe(model: TrainedModel, start: int) -> str:
                     f" zoom sd {train.sample_start_zoom_sd:g}"
                     f" shift sd {train.sample_start_shift_sd:g}"
                 )
+            if train.sample_start_max_correlation < 1.0:
+                text += f" corr < {train.sample_start_max_correlation:g}"
     return f"{text}, noise x{train.sample_noise_factor:g}"
 
 
@@ -159,6 +164,7 @@ def gpnn_layouts(model: TrainedModel, start: int, n: int, seed: int) -> torch.Te
         noise_sd=model.config.train.sample_start_noise_sd,
         zoom_sd=model.config.train.sample_start_zoom_sd,
         shift_sd=model.config.train.sample_start_shift_sd,
+        max_correlation=model.config.train.sample_start_max_correlation,
         **options,
     )
     return torch.from_numpy(layouts)[:, None]

@@ -75,12 +75,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PyramidConfig:
-    """The scale pyramid: in-plane size S_s = int(min_size * scale_factor**s), depth int(S_s / depth_ratio)."""
+    """The scale pyramid: in-plane size S_s = int(min_size * scale_factor**s), depth int(S_s / depth_ratio).
+
+    ``anti_aliasing`` (a departure, seed false): low-pass the scan's intensities before each
+    downsampling (``ctgan.preprocess.anti_alias``) instead of sampling them trilinearly straight
+    from full resolution (ctgan-facts §14)."""
 
     min_size: int = 28
     max_size: int = 140
     scale_factor: float = 1.5
     depth_ratio: float = 6.0
+    anti_aliasing: bool = False
 
     def __post_init__(self) -> None:
         if self.min_size < 8:
@@ -135,6 +140,10 @@ class TrainConfig:
     # arrangement (docs/realism.md §10). 0 and 0: GPNN's start (the volume where it is).
     sample_start_zoom_sd: float = 0.0
     sample_start_shift_sd: float = 0.0
+    # With gpnn: a layout whose Pearson correlation with the scan's own volume of its scale reaches
+    # this gives the scan's arrangement back (a copy) and is drawn again (docs/realism.md §13).
+    # 1.0: every first draw is kept (GPNN's rule).
+    sample_start_max_correlation: float = 1.0
     # Random samples' noise amplitudes at the scales >= max(sample_start_scale, 1) times this (the
     # trained amplitudes: 1.0; less noise, more faithful intensities, less variation; 0: none).
     sample_noise_factor: float = 1.0
@@ -182,6 +191,12 @@ class TrainConfig:
             raise ValueError(
                 f"train.sample_start_shift_sd must be >= 0 (0 = no random shift of the layouts' "
                 f"start, in voxels of the coarsest scale); got {self.sample_start_shift_sd!r}"
+            )
+        if not 0 < self.sample_start_max_correlation <= 1:
+            raise ValueError(
+                f"train.sample_start_max_correlation must be > 0 and <= 1 (1 = keep every layout; "
+                f"0.98 = draw again a layout that gives the scan's arrangement back); got "
+                f"{self.sample_start_max_correlation!r}"
             )
         if not self.sample_noise_factor >= 0:
             raise ValueError(

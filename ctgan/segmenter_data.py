@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ctgan.luna16 import Luna16Folder
-from ctgan.preprocess import load_training_scan
+from ctgan.preprocess import anti_alias, load_training_scan
 from ctgan.segmenter import GAN_CROP_FRACTION, RANDOM_CROP_FRACTIONS, Array, as_float_array
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class SegmenterData:
     validation: str
     train_uids: list[str]
     val_uids: list[str]
+    # the training zoom's crops low-passed first, as the pyramid was (``pyramid.anti_aliasing``)
+    anti_aliasing: bool = False
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per scan (or slab): role, uid, shape, lung and nodule fractions."""
@@ -90,13 +92,15 @@ def load_segmenter_data(
     *,
     max_scans: int = 4,
     slab_fraction: float = 0.25,
+    anti_aliasing: bool = False,
 ) -> SegmenterData:
     """Read up to ``max_scans`` scans of a LUNA16-layout folder and split them for validation.
 
     Masks: the official lung mask when present, else the computed one; nodule spheres from
     ``annotations.csv`` (``ctgan.preprocess.load_training_scan``). ``training_shape`` (the finest
     pyramid shape) and ``source_shape`` (the full-resolution shape of the scan it was made from)
-    give the zoom of the training resolution; every scan is used at zoom 1 and at that zoom.
+    give the zoom of the training resolution; every scan is used at zoom 1 and at that zoom
+    (``anti_aliasing``: the pyramid's resize rule, its ``meta.json`` says which).
     """
     folder = Luna16Folder(root)
     uids = folder.seriesuids()[:max_scans]
@@ -146,6 +150,7 @@ def load_segmenter_data(
         validation=validation,
         train_uids=list(train_uids),
         val_uids=list(val_uids),
+        anti_aliasing=anti_aliasing,
     )
 
 
@@ -167,7 +172,11 @@ def prepare_scans(
     lungs: Sequence[Array],
     nodules: Sequence[Array],
     zooms: Sequence[tuple[float, float, float]],
+    anti_aliasing: bool = False,
 ) -> list[ScanCrops]:
+    """Every scan at every zoom (trilinear, ``align_corners=True``: the preprocess stage's resize
+    rule; with ``anti_aliasing`` the volume is low-passed before it shrinks, as
+    ``ctgan.preprocess.resize_volume`` does)."""
     if not (len(volumes) == len(lungs) == len(nodules)) or len(volumes) == 0:
         raise ValueError(
             f"{what}: volumes, lungs and nodules must be non-empty lists of the same length; "
@@ -191,8 +200,12 @@ def prepare_scans(
             )
             resized = stacked
             if shape != tuple(stacked.shape[1:]):  # the preprocess stage's resize rule
+                source = stacked
+                if anti_aliasing:  # the volume only: masks are labels (ctgan.preprocess)
+                    volume = torch.from_numpy(anti_alias(stacked[0].numpy(), shape))
+                    source = torch.cat([volume[None], stacked[1:]])
                 resized = F.interpolate(
-                    stacked[None], size=shape, mode="trilinear", align_corners=True
+                    source[None], size=shape, mode="trilinear", align_corners=True
                 )[0]
             nodule_voxels = np.argwhere(resized[2].numpy() >= 0.5)
             scans.append(ScanCrops(resized.contiguous(), nodule_voxels))

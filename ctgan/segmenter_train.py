@@ -77,6 +77,7 @@ def train_segmenter(
     device: str | torch.device = "cpu",
     *,
     zooms: Sequence[tuple[float, float, float]] = ((1.0, 1.0, 1.0),),
+    anti_aliasing: bool = False,
     levels: int = 3,
     validation_crops: int = 32,
     progress: bool = True,
@@ -85,7 +86,8 @@ def train_segmenter(
 
     volumes / lungs / nodules: (D, H, W) arrays per scan (volume in [-1, 1], masks in [0, 1]).
     zooms: (z, y, x) resampling factors; every scan is used at each of them (1.0 = as given,
-    ``finest_pyramid_shape / scan_shape`` = the training resolution). Crops follow the
+    ``finest_pyramid_shape / scan_shape`` = the training resolution), low-passed before they
+    shrink with ``anti_aliasing`` (the pyramid's rule, ``SegmenterData.anti_aliasing``). Crops follow the
     segmentation term's scheme, random extents and nodule-centred extents, resized to
     ``cfg.crop_size``, flipped and shifted in intensity. Loss BCE + soft Dice, Adam(cfg.lr) with
     cosine decay. Metrics: Dice (threshold 0.5, pooled over ``validation_crops`` seeded crops of
@@ -93,8 +95,10 @@ def train_segmenter(
     """
     crop_size = tuple(int(c) for c in cfg.crop_size)
     started = time.perf_counter()
-    train_scans = prepare_scans("training", volumes, lungs, nodules, zooms)
-    val_scans = prepare_scans("validation", val_volumes, val_lungs, val_nodules, zooms)
+    train_scans = prepare_scans("training", volumes, lungs, nodules, zooms, anti_aliasing)
+    val_scans = prepare_scans(
+        "validation", val_volumes, val_lungs, val_nodules, zooms, anti_aliasing
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Segmenter(1, len(CHANNELS), cfg.base_channels, levels)

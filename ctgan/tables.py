@@ -303,7 +303,12 @@ def _inert_train_keys(config: Mapping[str, Any], train: Mapping[str, Any]) -> se
     from pure noise (scale 0), the layout noise unless layouts are GPNN's, and the noise factor
     of a 2D model (no noise above its coarsest scale, facts §15)."""
     inert = set()
-    layout_keys = {"sample_start_noise_sd", "sample_start_zoom_sd", "sample_start_shift_sd"}
+    layout_keys = {
+        "sample_start_noise_sd",
+        "sample_start_zoom_sd",
+        "sample_start_shift_sd",
+        "sample_start_max_correlation",
+    }
     if train.get("sample_start_scale", 0) == 0:
         inert |= {
             "sample_start_source",
@@ -331,6 +336,9 @@ def _switches(config: Mapping[str, Any]) -> list[str]:
             for k, v in train.items()
             if k not in SEED_TRAIN_KEYS | inert and seed_defaults.get(k, dataclasses.MISSING) != v
         ]
+    pyramid = config.get("pyramid", {})
+    if isinstance(pyramid, Mapping) and pyramid.get("anti_aliasing"):  # the seed aliases
+        extra.append(f"`pyramid.anti_aliasing: {pyramid['anti_aliasing']}`")
     return extra
 
 

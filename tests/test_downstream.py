@@ -143,6 +143,18 @@ def test_held_out_scans_leave_out_the_training_scan_and_resize(tmp_path):
     assert test.volumes[0].min() >= -1 and test.lungs[0].max() <= 1 and test.lungs[0].any()
 
 
+def test_held_out_scans_follow_the_pyramids_anti_aliasing(tmp_path):
+    uids = write_phantom_dataset(tmp_path / "phantom", scans=2, seed=0, size=64)
+    plain = held_out_scans(tmp_path / "phantom", uids[0], (6, 20, 20), limit=5)
+    smooth = held_out_scans(tmp_path / "phantom", uids[0], (6, 20, 20), 5, anti_aliasing=True)
+    np.testing.assert_array_equal(plain.lungs[0], smooth.lungs[0])  # masks are labels
+    assert not np.array_equal(plain.volumes[0], smooth.volumes[0])
+    assert (
+        np.abs(np.diff(smooth.volumes[0], axis=2)).mean()
+        < np.abs(np.diff(plain.volumes[0], axis=2)).mean()
+    )
+
+
 def test_held_out_scans_refuse_a_folder_with_only_the_training_scan(tmp_path):
     uids = write_phantom_dataset(tmp_path / "phantom", scans=1, seed=0, size=64)
     with pytest.raises(ValueError, match="holds no scan other than the training scan"):

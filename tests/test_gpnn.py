@@ -127,6 +127,9 @@ def test_start_scale_and_finest_iterations_are_honoured():
         ({"zoom_sd": 0.5}, "zoom_sd must be >= 0 .* and < 0.5"),
         ({"shift_sd": -1.0}, "shift_sd must be >= 0"),
         ({"start_scale": 2}, "start_scale must index the pyramid's 2 scales"),
+        ({"max_correlation": 1.5}, r"max_correlation must be in \(-1, 1\]"),
+        ({"max_correlation": -1.0}, r"max_correlation must be in \(-1, 1\]"),
+        ({"max_draws": 0}, "max_draws must be an integer >= 1"),
         ({"patch_size": (7, 5, 5)}, r"smaller than the patch \(7, 5, 5\)"),
     ],
 )
@@ -166,12 +169,13 @@ def test_gpnn_options_map_every_config_key_but_the_noise():
     windowed = gpnn.gpnn_options(GpnnConfig(search_radius=(0, 2, 2), device="cpu"))
     assert windowed["search_radius"] == (0, 2, 2)
     # every option is a keyword of generate_gpnn, and only the start (and the pyramid) is left:
-    # the noise, and the zoom and shift of the samples' layouts (train.sample_start_*)
+    # the noise, and the zoom, shift and copy bound of the samples' layouts
+    # (train.sample_start_*; the baseline keeps every draw, GPNN's rule)
     import inspect
 
     keywords = set(inspect.signature(gpnn.generate_gpnn).parameters)
     assert set(options) <= keywords
-    start = {"noise_sd", "zoom_sd", "shift_sd"}
+    start = {"noise_sd", "zoom_sd", "shift_sd", "max_correlation", "max_draws"}
     assert keywords - set(options) == {"pyramid_volumes", "num_samples", "seed", *start}
 
 
@@ -313,3 +317,39 @@ def test_zoomed_starts_give_other_samples_and_keep_the_seed_rule():
     again = gpnn.generate_gpnn(volumes, 1, seed=4, noise_sd=0.5, zoom_sd=0.2, shift_sd=2.0, **FAST)
     assert not np.allclose(plain, moved, atol=0.05)
     assert np.array_equal(again[0], moved[0])  # sample i depends only on the seed and i
+
+
+def test_correlation_is_pearsons():
+    volume = torch.as_tensor(tiny_pyramid()[0])
+    assert gpnn.correlation(volume, volume) == pytest.approx(1.0)
+    assert gpnn.correlation(-3 * volume + 1, volume) == pytest.approx(-1.0)
+    assert gpnn.correlation(torch.zeros_like(volume), volume) == 0.0  # constant: no correlation
+    with pytest.raises(ValueError, match="same shape"):
+        gpnn.correlation(volume, volume[:-1])
+
+
+def test_samples_that_give_the_scan_back_are_drawn_again(caplog):
+    """``max_correlation``: a sample at or over the bound is replaced by a later draw of its own
+    generator; samples under it are the same as without the bound."""
+    volumes = tiny_pyramid()
+    options = {**FAST, "noise_sd": 0.6, "zoom_sd": 0.15, "shift_sd": 1.0}
+    free = gpnn.generate_gpnn(volumes, 6, seed=2, **options)
+    real = torch.as_tensor(volumes[-1])
+    first = [gpnn.correlation(torch.as_tensor(v), real) for v in free]
+    bound = float(np.median(first))  # about half of the first draws are "copies" at this bound
+    guarded = gpnn.generate_gpnn(volumes, 6, seed=2, max_correlation=bound, **options)
+    again = gpnn.generate_gpnn(volumes, 6, seed=2, max_correlation=bound, **options)
+    assert np.array_equal(guarded, again)
+    for k, correlation in enumerate(first):
+        if correlation < bound:
+            assert np.array_equal(guarded[k], free[k])  # kept as drawn
+        else:
+            assert not np.allclose(guarded[k], free[k], atol=1e-3)  # drawn again
+            assert gpnn.correlation(torch.as_tensor(guarded[k]), real) < correlation
+    # no noise and no move: every draw is the scan; the least correlated is kept, with a warning
+    with caplog.at_level("WARNING", logger="ctgan.gpnn"):
+        copy = gpnn.generate_gpnn(
+            volumes, 1, seed=0, noise_sd=0.0, max_correlation=0.98, max_draws=3, **FAST
+        )
+    np.testing.assert_allclose(copy[0], volumes[-1], atol=1e-5)
+    assert "all 3 draws correlate >= 0.98 with the scan" in caplog.text

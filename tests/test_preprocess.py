@@ -11,6 +11,8 @@ import yaml
 from ctgan.config import PyramidConfig, load_config, scale_shapes
 from ctgan.luna16 import Luna16Folder
 from ctgan.preprocess import (
+    anti_alias,
+    anti_aliasing_sigma,
     compute_lung_mask,
     load_pyramid,
     load_training_scan,
@@ -57,6 +59,55 @@ def test_resize_keeps_corners() -> None:
     assert out.shape == (3, 5, 5) and out.dtype == np.float32
     assert out[0, 0, 0] == pytest.approx(volume[0, 0, 0])  # align_corners=True
     assert out[-1, -1, -1] == pytest.approx(volume[-1, -1, -1])
+
+
+def test_anti_aliasing_sigma() -> None:
+    """(d - 1) / 2 per shrinking axis (scikit-image's rule), 0 where an axis keeps or grows."""
+    assert anti_aliasing_sigma((126, 512, 512), (10, 63, 63)) == pytest.approx(
+        ((12.6 - 1) / 2, (512 / 63 - 1) / 2, (512 / 63 - 1) / 2)
+    )
+    assert anti_aliasing_sigma((10, 20, 30), (10, 40, 15)) == (0.0, 0.0, 0.5)
+    with pytest.raises(ValueError, match="same number of axes"):
+        anti_aliasing_sigma((10, 20, 30), (10, 20))
+    with pytest.raises(ValueError, match=">= 1 voxel per axis"):
+        anti_aliasing_sigma((10, 20, 30), (0, 20, 30))
+
+
+def test_anti_aliasing_removes_what_the_grid_cannot_hold() -> None:
+    """A checkerboard at the full-resolution Nyquist limit has no place on a 4x coarser grid:
+    trilinear sampling alone hands it on at full amplitude (aliasing), low-passed first it is
+    gone; a smooth ramp comes through both the same; nothing changes where no axis shrinks."""
+    z, y, x = np.meshgrid(np.arange(8), np.arange(64), np.arange(64), indexing="ij")
+    checker = np.where((y + x) % 2 == 0, 0.5, -0.5).astype(np.float32)
+    aliased = resize_volume(checker, (8, 16, 16))
+    smooth = resize_volume(checker, (8, 16, 16), anti_aliasing=True)
+    assert np.abs(aliased).max() > 0.4  # the seed's rule: the pattern survives
+    assert np.abs(smooth[:, 1:-1, 1:-1]).max() < 0.01  # (the edges are extended, not wrapped)
+    ramp = (x / 63.0).astype(np.float32)
+    np.testing.assert_allclose(
+        resize_volume(ramp, (8, 16, 16), anti_aliasing=True),
+        resize_volume(ramp, (8, 16, 16)),
+        atol=0.02,
+    )
+    same = anti_alias(checker, checker.shape)
+    np.testing.assert_array_equal(same, checker)
+    assert same is not checker and same.dtype == np.float32
+
+
+def test_preprocess_anti_aliasing(tiny_phantom: Path) -> None:
+    """``pyramid.anti_aliasing`` low-passes the volume only (masks are labels), and meta.json
+    says which rule made the pyramid."""
+    folder = Luna16Folder(tiny_phantom)
+    plain = preprocess_scan(folder, None, SMOKE)
+    smooth_cfg = PyramidConfig(**{**vars(SMOKE), "anti_aliasing": True})
+    smooth = preprocess_scan(folder, None, smooth_cfg)
+    assert plain.meta["anti_aliasing"] is False and smooth.meta["anti_aliasing"] is True
+    for a, b in zip(plain.lungs + plain.nodules, smooth.lungs + smooth.nodules, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(plain.volumes, smooth.volumes, strict=True):
+        assert a.shape == b.shape and not np.array_equal(a, b)
+        # less voxel-to-voxel variation: the aliased detail is gone
+        assert np.abs(np.diff(b, axis=2)).mean() < np.abs(np.diff(a, axis=2)).mean()
 
 
 def test_scan_path_does_not_depend_on_the_clone(

@@ -106,6 +106,12 @@ def test_procedure_text_names_the_profile_and_any_realism_switch(one_result):
     assert "3d-C: profile `smoke`, realism switches `train.lr: 0.002`" in tables.procedure_text(
         metrics, names
     )
+    metrics["3d-D"]["config"]["pyramid"]["anti_aliasing"] = False  # the seed's rule
+    assert "3d-D: profile `smoke`, the seed's" in tables.procedure_text(metrics, ["3d-D", "3d-C"])
+    metrics["3d-D"]["config"]["pyramid"]["anti_aliasing"] = True
+    assert "3d-D: profile `smoke`, realism switches `pyramid.anti_aliasing: True`" in (
+        tables.procedure_text(metrics, names)
+    )
     del metrics["3d-A"]["config"]
     assert "(training config not recorded)" in tables.procedure_text(metrics, ["3d-A"])
 

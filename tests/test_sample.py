@@ -6,6 +6,7 @@ Most tests use an untrained generator pyramid built by ctgan.nets at the smoke p
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from pathlib import Path
 
@@ -254,6 +255,25 @@ def test_injection_through_identity_scales_returns_the_resized_volume():
     # from a smaller volume: resized to the level (trilinear), so still highly correlated
     small = volume[::1, ::2, ::2]
     assert correlation(sample.inject(model, small, 1, progress=False)[0], volume) > 0.95
+
+
+def test_injection_low_passes_for_a_model_trained_on_an_anti_aliased_pyramid():
+    """A volume injected into a model trained with ``pyramid.anti_aliasing`` shrinks to the
+    level as the training volume did: low-passed first (through identity scales, the result is
+    ``resize_volume(..., anti_aliasing=True)``)."""
+    from ctgan.preprocess import resize_volume
+
+    model = make_model("3d-B", identity=True)
+    big = np.where(np.indices((7, 60, 60)).sum(axis=0) % 2 == 0, 0.5, -0.5).astype(np.float32)
+    plain = sample.inject(model, big, 1, progress=False)[0]
+    np.testing.assert_allclose(plain, resize_volume(big, (7, 30, 30)), atol=1e-5)
+    pyramid = dataclasses.replace(model.config.pyramid, anti_aliasing=True)
+    model.config = dataclasses.replace(model.config, pyramid=pyramid)
+    smooth = sample.inject(model, big, 1, progress=False)[0]
+    np.testing.assert_allclose(
+        smooth, resize_volume(big, (7, 30, 30), anti_aliasing=True), atol=1e-5
+    )
+    assert smooth.std() < 0.5 * plain.std()
 
 
 def test_injection_is_seeded_and_keeps_coarse_structure(model3d):

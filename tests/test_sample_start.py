@@ -262,6 +262,12 @@ def test_config_rejects_bad_start_sources():
         ("sample_start_zoom_sd", -0.1, r"sample_start_zoom_sd must be >= 0 and < 0.5"),
         ("sample_start_zoom_sd", 0.5, r"sample_start_zoom_sd must be >= 0 and < 0.5"),
         ("sample_start_shift_sd", -1, r"sample_start_shift_sd must be >= 0"),
+        ("sample_start_max_correlation", 0, r"sample_start_max_correlation must be > 0 and <= 1"),
+        (
+            "sample_start_max_correlation",
+            1.01,
+            r"sample_start_max_correlation must be > 0 and <= 1",
+        ),
     ):
         bad = {**raw, "train": {**raw["train"], key: value}}
         with pytest.raises(ValueError, match=match):
@@ -283,7 +289,14 @@ def test_layouts_start_from_the_zoomed_and_shifted_volume(monkeypatch):
     monkeypatch.setattr(sample_start, "generate_gpnn", fake)
     sample_start.gpnn_layouts(model, 1, 2, seed=0)
     assert (seen["zoom_sd"], seen["shift_sd"], seen["noise_sd"]) == (0.06, 0.5, 2.5)
+    assert seen["max_correlation"] == 1.0  # every layout kept (GPNN's rule), the default
     assert "zoom sd 0.06 shift sd 0.5" in sample_start.sampling_recipe(model, 1)
+    assert "corr <" not in sample_start.sampling_recipe(model, 1)
+    train = dataclasses.replace(model.config.train, sample_start_max_correlation=0.98)
+    model.config = dataclasses.replace(model.config, train=train)
+    sample_start.gpnn_layouts(model, 1, 2, seed=0)
+    assert seen["max_correlation"] == 0.98
+    assert sample_start.sampling_recipe(model, 1).endswith("corr < 0.98, noise x1")
 
 
 def test_sample_noise_factor_scales_the_amplitudes_above_the_start():

@@ -442,3 +442,21 @@ def test_segmenter_notebook_writes_weights_config_metrics_and_figure(tmp_path):
     assert (out_dir / "predictions.png").stat().st_size > 0
     assert json.loads((out_dir / "config.json").read_text())["profile"] == "smoke"
     assert load_segmenter(out_dir / "segmenter.pt").architecture["base_channels"] == 4
+
+
+def test_crops_at_the_training_zoom_follow_the_pyramids_anti_aliasing():
+    """``anti_aliasing``: the volume is low-passed before it shrinks to a zoom (as the pyramid's
+    was), the masks are not, and zoom 1 is untouched."""
+    from ctgan.preprocess import resize_volume
+    from ctgan.segmenter_data import prepare_scans
+
+    checker = np.where(np.indices((8, 64, 64)).sum(axis=0) % 2 == 0, 0.5, -0.5)
+    lungs = (np.indices((8, 64, 64))[2] < 32).astype(np.float32)
+    zooms = [(1.0, 1.0, 1.0), (1.0, 0.25, 0.25)]
+    plain = prepare_scans("t", [checker], [lungs], [np.zeros_like(lungs)], zooms)
+    smooth = prepare_scans("t", [checker], [lungs], [np.zeros_like(lungs)], zooms, True)
+    assert torch.equal(plain[0].stacked, smooth[0].stacked)  # zoom 1: as given
+    torch.testing.assert_close(plain[1].stacked[1:], smooth[1].stacked[1:])  # masks: labels
+    expected = resize_volume(checker.astype(np.float32), (8, 16, 16), anti_aliasing=True)
+    np.testing.assert_allclose(smooth[1].stacked[0].numpy(), expected, atol=1e-6)
+    assert smooth[1].stacked[0].std() < 0.5 * plain[1].stacked[0].std()
