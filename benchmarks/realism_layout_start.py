@@ -15,7 +15,10 @@ that start with ``perturbed(real_0)``, one per sample, by one of these *starts*:
   the coarsest scale, drawn on a GRID x GRID lattice, trilinearly upsampled, the same in every
   slice), plus white noise of sd SD;
 - ``affine:S:T:SD``: the volume scaled in-plane by 1 + N(0, S) per axis and shifted by N(0, T)
-  voxels per axis, plus white noise of sd SD.
+  voxels per axis, plus white noise of sd SD;
+- ``model``: the package's own layouts with the model's sampling keys (``--max-correlation``
+  replaces its ``train.sample_start_max_correlation``: layouts that give the scan back are drawn
+  again, ``docs/realism.md`` §13).
 
 Per model, start, noise factor (``train.sample_noise_factor``) and sampling seed: K samples from
 the model's start scale, scored with the report's metrics; plus, per layout, its Pearson
@@ -30,6 +33,7 @@ measured and the markdown table is rewritten from all of them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -50,7 +54,7 @@ from ctgan.preprocess import load_pyramid  # noqa: E402
 from ctgan.sample import reconstruct, sample_volumes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-STARTS = {"white": 1, "smooth": 3, "mix": 2, "warp": 3, "affine": 3}
+STARTS = {"white": 1, "smooth": 3, "mix": 2, "warp": 3, "affine": 3, "model": 0}
 
 
 def parse_start(text: str) -> tuple[str, list[float]]:
@@ -58,7 +62,7 @@ def parse_start(text: str) -> tuple[str, list[float]]:
     if STARTS.get(kind) != len(values):
         raise SystemExit(
             f"a start is one of white:SD, smooth:F:SD_SMOOTH:SD_WHITE, mix:A:SD, "
-            f"warp:AMP:GRID:SD, affine:S:T:SD; got {text!r}"
+            f"warp:AMP:GRID:SD, affine:S:T:SD, model; got {text!r}"
         )
     return kind, [float(v) for v in values]
 
@@ -103,17 +107,23 @@ def perturbed_start(real: torch.Tensor, start: str, generator: torch.Generator) 
     return _resample(real, gx, gy) + white
 
 
-def layouts_from(start: str):
-    """A stand-in for ``ctgan.sample_start.gpnn_layouts`` whose PNN steps start from ``start``
-    (the model's gpnn section otherwise: patch, steps, alpha, search radius)."""
-
-    drawn: dict[tuple, torch.Tensor] = {}  # sampling and the copy count use the same layouts
+def cached(layouts_of):
+    """``layouts_of`` (a ``gpnn_layouts``) drawing each (model, scale, n, seed) once: sampling and
+    the copy count use the same layouts."""
+    drawn: dict[tuple, torch.Tensor] = {}
 
     def layouts(model, scale: int, n: int, seed: int) -> torch.Tensor:
         key = (id(model.real_volumes), scale, n, seed)
         if key not in drawn:
-            drawn[key] = draw(model, scale, n, seed)
+            drawn[key] = layouts_of(model, scale, n, seed)
         return drawn[key]
+
+    return layouts
+
+
+def layouts_from(start: str):
+    """A stand-in for ``ctgan.sample_start.gpnn_layouts`` whose PNN steps start from ``start``
+    (the model's gpnn section otherwise: patch, steps, alpha, search radius)."""
 
     def draw(model, scale: int, n: int, seed: int) -> torch.Tensor:
         options = gpnn.gpnn_options(model.config.gpnn)
@@ -139,7 +149,7 @@ def layouts_from(start: str):
             out.append(layout.clamp(-1.0, 1.0))
         return torch.stack(out)[:, None]
 
-    return layouts
+    return cached(draw)
 
 
 def table(rows: list[dict]) -> str:
@@ -165,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=16, help="samples per row (default 16)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
+        "--max-correlation",
+        type=float,
+        default=None,
+        help="with the start 'model': the models' train.sample_start_max_correlation instead",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "realism_layout_start"
     )
     args = parser.parse_args(argv)
@@ -177,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     original = sample_start.gpnn_layouts
     for folder in args.models:
         base = load_trained(folder)
+        if args.max_correlation is not None:
+            train = dataclasses.replace(
+                base.config.train, sample_start_max_correlation=args.max_correlation
+            )
+            base = dataclasses.replace(base, config=dataclasses.replace(base.config, train=train))
         if base.config.train.sample_start_source != "gpnn":
             raise SystemExit(
                 f"{folder}: samples start from {base.config.train.sample_start_source}"
@@ -187,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         for start in args.starts:
             for factor in args.factors:
                 model = sample_start.with_sampling(base, noise_factor=factor)
-                sample_start.gpnn_layouts = layouts_from(start)
+                sample_start.gpnn_layouts = (
+                    cached(original) if start == "model" else layouts_from(start)
+                )
                 try:
                     for seed in args.seeds:
                         began = time.perf_counter()
@@ -201,8 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                             for v in layouts[:, 0]
                         ]
                         row = {
-                            "model": folder.name,
-                            "start": start,
+                            "model": f"{folder.parent.name}/{folder.name}"
+                            if folder.name.startswith("seed")
+                            else folder.name,
+                            "start": start
+                            if start != "model"
+                            else f"model (corr < {base.config.train.sample_start_max_correlation:g})",
                             "noise_factor": factor,
                             "seed": seed,
                             "k": args.k,

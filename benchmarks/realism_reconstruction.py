@@ -52,6 +52,23 @@ def score_volume(name: str, volume_hu: np.ndarray, real_hu: np.ndarray) -> dict:
     }
 
 
+def parse_model(text: str) -> tuple[str, Path, Path]:
+    """``NAME=MODEL_DIR@PYRAMID_DIR`` -> (name, model folder, pyramid folder)."""
+    name, sep, rest = text.partition("=")
+    model_dir, at, pyramid_dir = rest.partition("@")
+    if not (sep and at and name):
+        raise SystemExit(f"a model is NAME=MODEL_DIR@PYRAMID_DIR; got {text!r}")
+    return name, Path(model_dir), Path(pyramid_dir)
+
+
+def write_results(out: Path, rows: list[dict], markdown: str) -> None:
+    """``out``.json (every row) and ``out``.md (``markdown``), and print the markdown."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
 def table(rows: list[dict]) -> str:
     names = " | ".join(TISSUE_NAMES)
     header = (
@@ -79,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows, pyramids_seen = [], set()
     for text in args.models:
-        name, sep, rest = text.partition("=")
-        model_dir, at, pyramid_dir = rest.partition("@")
-        if not (sep and at and name):
-            raise SystemExit(f"a model is NAME=MODEL_DIR@PYRAMID_DIR; got {text!r}")
+        name, model_dir, pyramid_dir = parse_model(text)
         real_hu = network_to_hu(np.asarray(load_pyramid(Path(pyramid_dir)).volumes[-1], np.float32))
         if pyramid_dir not in pyramids_seen:
             pyramids_seen.add(pyramid_dir)
@@ -97,13 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             np.asarray(reconstruct(load_trained(Path(model_dir)), precision="float32"), np.float32)
         )
         rows.append(
-            {**score_volume(f"{name}: reconstruction", rec_hu, real_hu), "model": model_dir}
+            {**score_volume(f"{name}: reconstruction", rec_hu, real_hu), "model": str(model_dir)}
         )
         print(json.dumps(rows[-1]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(table(rows))
-    print(table(rows))
+    write_results(args.out, rows, table(rows))
     return 0
 
 
