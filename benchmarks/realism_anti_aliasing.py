@@ -41,18 +41,10 @@ from ctgan.checkpoint import load_trained  # noqa: E402
 from ctgan.config import resolve_config  # noqa: E402
 from ctgan.intensity import network_to_hu  # noqa: E402
 from ctgan.luna16 import Luna16Folder  # noqa: E402
+from ctgan.nets import upsample  # noqa: E402
 from ctgan.preprocess import load_pyramid, preprocess_scan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def upsampled(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``volume`` resized to ``shape`` as the generator's upsampling does (trilinear,
-    align_corners=True)."""
-    tensor = torch.as_tensor(np.asarray(volume, dtype=np.float32))[None, None]
-    return torch.nn.functional.interpolate(
-        tensor, size=shape, mode="trilinear", align_corners=True
-    )[0, 0].numpy()
 
 
 def scan_rows(name: str, root: Path, params: dict) -> list[dict]:
@@ -64,7 +56,8 @@ def scan_rows(name: str, root: Path, params: dict) -> list[dict]:
         pyramid = preprocess_scan(Luna16Folder(root), None, pyramid_cfg)
         finest = np.asarray(pyramid.volumes[-1], dtype=np.float32)
         real_hu = network_to_hu(finest)
-        below = upsampled(pyramid.volumes[-2], finest.shape)
+        coarser = torch.as_tensor(np.asarray(pyramid.volumes[-2], dtype=np.float32))
+        below = upsample(coarser[None, None], finest.shape)[0, 0].numpy()  # as G_S gets it
         row = score_volume("scale S-1 upsampled", network_to_hu(below), real_hu)
         rows.append(
             {

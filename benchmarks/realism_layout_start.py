@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{folder}: samples start from {base.config.train.sample_start_source}"
             )
         scale = base.config.train.sample_start_scale
-        layout_real = np.asarray(base.real_volumes[scale - 1], dtype=np.float32).ravel()
+        layout_real = torch.as_tensor(np.asarray(base.real_volumes[scale - 1], dtype=np.float32))
         rec = reconstruct(base, precision="float32")
         for start in args.starts:
             for factor in args.factors:
@@ -220,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                         seconds = (time.perf_counter() - began) / args.k
                         layouts = sample_start.gpnn_layouts(model, scale, args.k, seed)
                         correlation = [
-                            float(np.corrcoef(v.numpy().ravel(), layout_real)[0, 1])
-                            for v in layouts[:, 0]
+                            gpnn.correlation(layout, layout_real) for layout in layouts[:, 0]
                         ]
                         row = {
                             "model": f"{folder.parent.name}/{folder.name}"
