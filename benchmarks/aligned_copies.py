@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctgan.checkpoint import load_trained  # noqa: E402
+from ctgan.gpnn import move_in_plane  # noqa: E402
 from ctgan.intensity import network_to_paper  # noqa: E402
 from ctgan.preprocess import load_pyramid  # noqa: E402
 from ctgan.sample import sample_volumes  # noqa: E402
@@ -39,17 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def moved(volume: np.ndarray, zoom_y: float, zoom_x: float, shift_y: float, shift_x: float):
     """``volume`` (D, H, W) zoomed in-plane by (zoom_y, zoom_x) about the centre and shifted by
-    (shift_y, shift_x) voxels, bilinear, border values outside."""
-    depth, height, width = volume.shape
-    zz, yy, xx = torch.meshgrid(
-        *[torch.linspace(-1, 1, n) for n in (depth, height, width)], indexing="ij"
-    )
-    gx = xx / zoom_x - shift_x * 2 / (width - 1)
-    gy = yy / zoom_y - shift_y * 2 / (height - 1)
-    grid = torch.stack([gx, gy, zz], dim=-1)[None]
-    source = torch.as_tensor(volume, dtype=torch.float32)[None, None]
-    out = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out[0, 0].numpy()
+    (shift_y, shift_x) voxels (``ctgan.gpnn.move_in_plane``: the layouts' own move)."""
+    source = torch.as_tensor(volume, dtype=torch.float32)
+    return move_in_plane(source, zoom_y, zoom_x, shift_y, shift_x).numpy()
 
 
 def candidates(real: np.ndarray, zooms: list[float], shifts: list[float]) -> list[np.ndarray]:

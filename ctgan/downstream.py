@@ -244,8 +244,7 @@ def run_downstream(
     real = training_scan(pyramid)
     shape = pyramid.volumes[-1].shape
     spacing = pyramid.spacings_zyx_mm[-1]
-    anti_aliasing = bool(pyramid.meta.get("anti_aliasing", False))  # the pyramid's resize rule
-    test = held_out_scans(data_root, real.names[0], shape, down.test_scans, anti_aliasing)
+    test = held_out_scans(data_root, real.names[0], shape, down.test_scans, pyramid.anti_aliasing)
     runs: list[dict[str, Any]] = []
     trust: dict[str, list[float]] = {name: [] for name in down.models}
     examples: dict[str, dict[str, np.ndarray]] = {}

@@ -259,6 +259,28 @@ def _generate_one(
     return estimate
 
 
+def move_in_plane(
+    volume: torch.Tensor,
+    zoom_y: float | torch.Tensor,
+    zoom_x: float | torch.Tensor,
+    shift_y: float | torch.Tensor,
+    shift_x: float | torch.Tensor,
+) -> torch.Tensor:
+    """``volume`` (D, H, W) zoomed in-plane about its centre by ``zoom_y`` and ``zoom_x`` (> 1
+    enlarges) and shifted by ``shift_y`` and ``shift_x`` voxels (> 0 moves the content towards
+    higher indices), the same in every slice; bilinear, the border value outside."""
+    depth, height, width = (int(n) for n in volume.shape)
+    zz, yy, xx = torch.meshgrid(
+        *[torch.linspace(-1, 1, n) for n in (depth, height, width)], indexing="ij"
+    )
+    gx = xx / zoom_x - shift_x * 2 / (width - 1)
+    gy = yy / zoom_y - shift_y * 2 / (height - 1)
+    grid = torch.stack([gx, gy, zz], dim=-1)[None].to(device=volume.device, dtype=volume.dtype)
+    return F.grid_sample(
+        volume[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True
+    )[0, 0]
+
+
 def start_estimate(
     real: torch.Tensor,
     generator: torch.Generator,
@@ -279,16 +301,13 @@ def start_estimate(
     if zoom_sd == 0 and shift_sd == 0:
         return real + noise.to(real.device)
     draw = torch.randn(4, generator=generator)  # zoom x, zoom y, shift x, shift y
-    depth, height, width = (int(n) for n in real.shape)
-    zz, yy, xx = torch.meshgrid(
-        *[torch.linspace(-1, 1, n) for n in (depth, height, width)], indexing="ij"
+    moved = move_in_plane(
+        real,
+        zoom_y=1 + zoom_sd * draw[1],
+        zoom_x=1 + zoom_sd * draw[0],
+        shift_y=-draw[3] * shift_sd,
+        shift_x=-draw[2] * shift_sd,
     )
-    gx = xx / (1 + zoom_sd * draw[0]) + draw[2] * shift_sd * 2 / (width - 1)
-    gy = yy / (1 + zoom_sd * draw[1]) + draw[3] * shift_sd * 2 / (height - 1)
-    grid = torch.stack([gx, gy, zz], dim=-1)[None].to(real.device)
-    moved = F.grid_sample(
-        real[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True
-    )[0, 0]
     return moved + noise.to(real.device)
 
 
@@ -374,25 +393,27 @@ def generate_gpnn(
     reals = [
         torch.as_tensor(np.asarray(v, dtype=np.float32)).to(device) for v in used
     ]  # (D_s, H_s, W_s), coarsest used scale first
+    bounded = max_correlation < 1.0  # 1.0: GPNN's rule, every first draw is kept unscored
     samples = []
     for k in range(num_samples):
         generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + k)
         draws: list[tuple[float, torch.Tensor]] = []
-        while len(draws) < (max_draws if max_correlation < 1.0 else 1):
+        for draw in range(1, (max_draws if bounded else 1) + 1):
             with torch.no_grad():
                 start = start_estimate(reals[0], generator, noise_sd, zoom_sd, shift_sd)
                 sample = _generate_one(
                     reals, start, patch, (iterations, finest), alpha, radius, chunk_size
                 ).clamp(-1.0, 1.0)
-            draws.append((correlation(sample, reals[-1]) if max_correlation < 1.0 else 0.0, sample))
+            draws.append((correlation(sample, reals[-1]) if bounded else 0.0, sample))
             if draws[-1][0] < max_correlation:
                 break
             log.info(
-                "GPNN sample %d: draw %d gives the scan back (correlation %.4f >= %g); drawing again",
+                "GPNN sample %d: draw %d gives the scan back (correlation %.4f >= %g)%s",
                 k + 1,
-                len(draws),
+                draw,
                 draws[-1][0],
                 max_correlation,
+                "; drawing again" if draw < max_draws else "",
             )
         kept_correlation, sample = min(draws, key=lambda draw: draw[0])
         if kept_correlation >= max_correlation:

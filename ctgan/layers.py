@@ -63,6 +63,12 @@ def native_bf16(device: str | torch.device) -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def auto_precision(device: str | torch.device) -> str:
+    """What ``precision: auto`` means on ``device``: ``"bf16"`` where :func:`native_bf16` holds,
+    else ``"float32"`` (training and sampling resolve it the same way)."""
+    return "bf16" if native_bf16(device) else "float32"
+
+
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

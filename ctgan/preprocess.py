@@ -64,6 +64,13 @@ class TrainingPyramid:
     def shapes(self) -> list[tuple[int, int, int]]:
         return [tuple(int(n) for n in v.shape) for v in self.volumes]  # type: ignore[misc]
 
+    @property
+    def anti_aliasing(self) -> bool:
+        """Whether the scan was low-passed before each downsampling (``pyramid.anti_aliasing``);
+        a ``meta.json`` written before that key existed was resized by the seed's rule (False).
+        Whatever resizes other scans to this pyramid's grid follows the same rule."""
+        return bool(self.meta.get("anti_aliasing", False))
+
 
 @dataclass
 class PreparedScan:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ctgan.layers import bf16_autocast, native_bf16
+from ctgan.layers import auto_precision, bf16_autocast
 from ctgan.nets import make_noise
 from ctgan.sample_start import (
     check_injection_scale,
@@ -181,12 +181,12 @@ def _resolve_device(model: TrainedModel, device: str | torch.device | None) -> t
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """``"auto"`` -> ``"bf16"`` where :func:`native_bf16` holds, else ``"float32"``; the others
+    """``"auto"`` -> ``ctgan.layers.auto_precision`` (bf16 where computed natively, else float32); the others
     as given. Anything else is a ValueError naming the choices."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "float32"
+        return auto_precision(device)
     return precision
 
 

@@ -46,7 +46,7 @@ from ctgan.checkpoint import RunState
 from ctgan.config import Config, iterations_for_scale
 from ctgan.history import Row
 from ctgan.intensity import network_to_paper
-from ctgan.layers import bf16_autocast, native_bf16
+from ctgan.layers import auto_precision, bf16_autocast
 from ctgan.nets import GeneratorPyramid, make_noise, upsample
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def resolve_training_precision(cfg: Config, device: torch.device) -> Config:
     record, the resolved value."""
     if cfg.train.precision != "auto":
         return cfg
-    name = "bf16" if native_bf16(device) else "float32"
+    name = auto_precision(device)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=name))
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ctgan.luna16 import Luna16Folder
-from ctgan.preprocess import anti_alias, load_training_scan
+from ctgan.preprocess import load_training_scan, resize_volume
 from ctgan.segmenter import GAN_CROP_FRACTION, RANDOM_CROP_FRACTIONS, Array, as_float_array
 
 logger = logging.getLogger(__name__)
@@ -174,9 +174,9 @@ def prepare_scans(
     zooms: Sequence[tuple[float, float, float]],
     anti_aliasing: bool = False,
 ) -> list[ScanCrops]:
-    """Every scan at every zoom (trilinear, ``align_corners=True``: the preprocess stage's resize
-    rule; with ``anti_aliasing`` the volume is low-passed before it shrinks, as
-    ``ctgan.preprocess.resize_volume`` does)."""
+    """Every scan at every zoom, by the preprocess stage's resize rule
+    (``ctgan.preprocess.resize_volume``: trilinear, ``align_corners=True``; with ``anti_aliasing``
+    the volume, not its masks, is low-passed before it shrinks)."""
     if not (len(volumes) == len(lungs) == len(nodules)) or len(volumes) == 0:
         raise ValueError(
             f"{what}: volumes, lungs and nodules must be non-empty lists of the same length; "
@@ -193,20 +193,18 @@ def prepare_scans(
                 f"{what} scan {index}: volume, lungs and nodules must have the same shape; got "
                 f"{arrays[0].shape}, {arrays[1].shape}, {arrays[2].shape}"
             )
-        stacked = torch.from_numpy(np.stack(arrays))  # (3, D, H, W)
         for zoom in zooms:
-            shape = tuple(
-                max(1, round(s * z)) for s, z in zip(stacked.shape[1:], zoom, strict=True)
-            )
-            resized = stacked
-            if shape != tuple(stacked.shape[1:]):  # the preprocess stage's resize rule
-                source = stacked
-                if anti_aliasing:  # the volume only: masks are labels (ctgan.preprocess)
-                    volume = torch.from_numpy(anti_alias(stacked[0].numpy(), shape))
-                    source = torch.cat([volume[None], stacked[1:]])
-                resized = F.interpolate(
-                    source[None], size=shape, mode="trilinear", align_corners=True
-                )[0]
+            shape = tuple(max(1, round(s * z)) for s, z in zip(arrays[0].shape, zoom, strict=True))
+            resized = torch.from_numpy(
+                np.stack(
+                    [
+                        resize_volume(array, shape, anti_aliasing and channel == 0)
+                        if shape != arrays[0].shape
+                        else array
+                        for channel, array in enumerate(arrays)
+                    ]
+                )
+            )  # (3, D, H, W); only the volume is low-passed: masks are labels (ctgan.preprocess)
             nodule_voxels = np.argwhere(resized[2].numpy() >= 0.5)
             scans.append(ScanCrops(resized.contiguous(), nodule_voxels))
     return scans

@@ -353,3 +353,16 @@ def test_samples_that_give_the_scan_back_are_drawn_again(caplog):
         )
     np.testing.assert_allclose(copy[0], volumes[-1], atol=1e-5)
     assert "all 3 draws correlate >= 0.98 with the scan" in caplog.text
+
+
+def test_move_in_plane_zooms_about_the_centre_and_shifts_by_voxels():
+    volume = torch.zeros(3, 9, 9)
+    volume[:, 4, 4] = 1.0  # one bright column at the centre
+    assert torch.equal(gpnn.move_in_plane(volume, 1.0, 1.0, 0.0, 0.0), volume)
+    shifted = gpnn.move_in_plane(volume, 1.0, 1.0, 1.0, -2.0)  # +1 voxel in y, -2 in x
+    assert torch.allclose(shifted[:, 5, 2], torch.ones(3), atol=1e-6)
+    assert float(shifted.sum()) == pytest.approx(3.0, abs=1e-5)
+    ramp = torch.linspace(0, 1, 9).expand(3, 9, 9).clone()  # rises along x
+    zoomed = gpnn.move_in_plane(ramp, 1.0, 2.0, 0.0, 0.0)  # x enlarged twice about the centre
+    assert torch.allclose(zoomed[:, :, 4], ramp[:, :, 4], atol=1e-6)
+    assert torch.allclose(zoomed[:, :, 8], ramp[:, :, 6], atol=1e-6)

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from ctgan import layers
-from ctgan.layers import Conv3d, InstanceNorm3d
-from ctgan.sample import native_bf16
+from ctgan.layers import Conv3d, InstanceNorm3d, native_bf16
 
 # --- Conv3d: oneDNN for float32 on CPU ---------------------------------------------------------
 

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ctgan import sample
+from ctgan import layers, sample
 from ctgan.config import load_config, scale_shapes
 from ctgan.intensity import hu_to_network, network_to_hu_int16
 from ctgan.io import write_json
@@ -186,7 +186,7 @@ def test_reconstruct_uses_the_fixed_noise(model3d):
 
 @pytest.mark.parametrize("native,expected", [(True, "bf16"), (False, "float32")])
 def test_auto_precision_follows_native_bf16(monkeypatch, native, expected):
-    monkeypatch.setattr(sample, "native_bf16", lambda device: native)
+    monkeypatch.setattr(layers, "native_bf16", lambda device: native)
     assert sample.resolve_precision("auto", "cpu") == expected
     assert sample.resolve_precision("float32", "cpu") == "float32"
     assert sample.resolve_precision("bf16", "cpu") == "bf16"
@@ -202,9 +202,9 @@ def test_unknown_precision_is_rejected(model3d):
 
 
 def test_native_bf16_is_false_without_the_device():
-    assert isinstance(sample.native_bf16("cpu"), bool)
+    assert isinstance(layers.native_bf16("cpu"), bool)
     if not torch.cuda.is_available():
-        assert sample.native_bf16("cuda") is False
+        assert layers.native_bf16("cuda") is False
 
 
 @pytest.mark.parametrize("setting", ["3d-B", "2d-B"])

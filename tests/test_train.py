@@ -217,9 +217,10 @@ def test_train_stage_resumes_after_dvc_deleted_its_outputs(tmp_path: Path) -> No
 def test_auto_precision_trains_and_records_what_the_device_computes_natively(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool, expected: str
 ) -> None:
+    import ctgan.layers as layers
     import ctgan.scale_trainer as scale_trainer
 
-    monkeypatch.setattr(scale_trainer, "native_bf16", lambda device: native)
+    monkeypatch.setattr(layers, "native_bf16", lambda device: native)
     cfg = tiny_config("3d-B", precision="auto")
     resolved = scale_trainer.resolve_training_precision(cfg, torch.device("cpu"))
     assert resolved.train.precision == expected
