@@ -202,13 +202,17 @@ def build_report(
 
     galleries = []
     for name in setting_names():
-        samples_hu = gallery_samples_hu(
-            models_dir / name, GALLERY_SAMPLES, int(metrics[name].get("sampling_seed", 0))
-        )
-        images[f"gallery_{name}"] = _save(
-            figures.sample_gallery(real_hu, samples_hu, spacing, f"{name} (first seed)"),
-            figures_dir / f"gallery_{name}.png",
-        )
+        target = figures_dir / f"gallery_{name}.png"
+        if copy_figure(metrics[name].get("gallery"), target):  # the evaluate stage's own figure
+            images[f"gallery_{name}"] = target.name
+        else:  # metrics written without it: draw the same samples again
+            samples_hu = gallery_samples_hu(
+                models_dir / name, GALLERY_SAMPLES, int(metrics[name].get("sampling_seed", 0))
+            )
+            images[f"gallery_{name}"] = _save(
+                figures.sample_gallery(real_hu, samples_hu, spacing, f"{name} (first seed)"),
+                target,
+            )
         galleries.append((f"gallery_{name}", f"{name} samples"))
     if gpnn is not None:
         found = gpnn_gallery(gpnn, figures_dir)

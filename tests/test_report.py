@@ -240,6 +240,18 @@ def test_build_report_with_and_without_gpnn(tmp_path, one_result, monkeypatch):
         assert f"](figures/gallery_{name}.png)" in markdown
     assert not (figures_dir / "gallery_gpnn.png").exists()
 
+    # an evaluate stage's gallery named in its metrics file is copied, not drawn again
+    drawn = tmp_path / "reports" / "evaluate" / "3d-C" / "gallery.png"
+    drawn.parent.mkdir(parents=True)
+    drawn.write_bytes(b"the evaluate stage's figure")
+    with_gallery = json.loads((paths["metrics_dir"] / "3d-C.json").read_text())
+    (paths["metrics_dir"] / "3d-C.json").write_text(
+        json.dumps({**with_gallery, "gallery": str(drawn)})
+    )
+    report.build_report(**paths)
+    assert (figures_dir / "gallery_3d-C.png").read_bytes() == drawn.read_bytes()
+    assert (figures_dir / "gallery_3d-B.png").read_bytes() != drawn.read_bytes()
+
     # with metrics/gpnn.json and its gallery elsewhere: the row, its timing and its gallery
     elsewhere = tmp_path / "reports" / "gpnn" / "gallery.png"
     elsewhere.parent.mkdir(parents=True)
