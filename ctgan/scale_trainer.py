@@ -301,6 +301,7 @@ class ScaleTrainer:
             lr = train_cfg.lr * train_cfg.concurrent_lr_scale ** (s - t)
             groups.append({"params": list(self.generator.scales[t].parameters()), "lr": lr})
         self.g_base_lrs = [group["lr"] for group in groups]
+        self.g_params = [p for group in groups for p in group["params"]]  # what max_grad_norm clips
         # the reconstruction runs the trained scales from rec_from on the frozen chain's rec_base
         self.rec_from = max(self.first_trained, context.rec_start)
         if self.rec_from < s:
@@ -390,6 +391,8 @@ class ScaleTrainer:
                     total = total + weights.segmentation * self.segmentation_value
             self.opt_g.zero_grad(set_to_none=True)
             total.backward()
+            if train_cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.g_params, train_cfg.max_grad_norm)
             self.opt_g.step()
         discriminator.requires_grad_(True)
         # ---- discriminator steps (on the last noise, as the seed)

@@ -169,9 +169,19 @@ class TrainConfig:
     # weights; "identity" copies them too but zeroes the output conv, so the new scale starts as
     # the identity on its upsampled input and learns only the detail it adds.
     new_scale_init: str = "copy"
+    # > 0: before each Adam step the generator's gradient (all scales it trains) is scaled down to
+    # this total L2 norm when it is larger; 0 (the seed): never. Adam normalises each parameter's
+    # step by its gradient history, so a gradient that jumps to many times its usual norm moves
+    # every weight by several learning rates at once; clipping caps that (docs/realism.md §14).
+    max_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
         _positive("train.noise_amplitude_factor", self.noise_amplitude_factor)
+        if not self.max_grad_norm >= 0:
+            raise ValueError(
+                f"train.max_grad_norm must be >= 0 (0 = no clipping, the seed); got "
+                f"{self.max_grad_norm}"
+            )
         _positive("train.finest_iterations_factor", self.finest_iterations_factor)
         if self.sample_start_scale < 0:
             raise ValueError(

@@ -535,3 +535,35 @@ def test_new_scale_init_reaches_the_generator(
     monkeypatch.setattr(GeneratorPyramid, "add_scale", add_scale)
     run(tiny_config("3d-B", new_scale_init=init), tmp_path)
     assert len(calls) >= 2 and all(called == (init == "identity") for called in calls)
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1e-3])
+def test_max_grad_norm_clips_the_generator_gradient_before_each_step(max_grad_norm: float) -> None:
+    from ctgan.train import scale_trainer_at
+
+    cfg = tiny_config("3d-B", max_grad_norm=max_grad_norm, concurrent_scales=2)
+    volumes = [v.astype(np.float32) for v in synthetic_pyramid(scale_shapes(cfg.pyramid)).volumes]
+    trainer = scale_trainer_at(cfg, volumes, 1)
+    assert len(trainer.g_params) == sum(
+        len(list(trainer.generator.scales[t].parameters())) for t in (0, 1)
+    )
+    norms: list[float] = []
+    step = trainer.opt_g.step
+
+    def recording_step(*args: Any, **kwargs: Any) -> Any:
+        grads = [p.grad for p in trainer.g_params if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return step(*args, **kwargs)
+
+    trainer.opt_g.step = recording_step  # type: ignore[method-assign]
+    trainer.iteration(0)
+    assert len(norms) == cfg.train.g_steps
+    if max_grad_norm:
+        assert max(norms) <= max_grad_norm * (1 + 1e-4)
+    else:
+        assert min(norms) > 1e-3  # unclipped, the same iteration's gradients are far larger
+
+
+def test_max_grad_norm_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match=r"train.max_grad_norm must be >= 0 \(0 = no clipping"):
+        tiny_config("3d-B", max_grad_norm=-1.0)
