@@ -6,8 +6,8 @@
 Trains one setting of ``--params`` (with ``train.precision`` and ``train.max_grad_norm`` set as
 given) through ``ctgan.train.train_model`` and records, before each optimizer step, the total L2
 norm of the gradients it is about to apply (after the clip, when ``max_grad_norm`` > 0, and the
-norm before it). Which optimizer: the generator's has one parameter group per trained scale
-(``ScaleTrainer.opt_g``), the discriminator's one. Writes ``--out``.jsonl (one row per step:
+norm before it). Which optimizer: each ``ScaleTrainer`` tags its ``opt_g`` as the generator's;
+every other Adam step is the discriminator's. Writes ``--out``.jsonl (one row per step:
 scale, role, norm before and after the clip) and ``--out``.md: per scale the median and 95th
 percentile of G's and D's norms, the largest, how many G steps the clip bound, and the finest
 scale's steps around its largest G norm, beside the reconstruction PSNR of the run's history.
@@ -35,18 +35,10 @@ from ctgan.preprocess import load_pyramid  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def record_steps(rows: list[dict]):
-    """Wrap ``torch.optim.Adam.step`` so that each call appends its gradient norms to ``rows``."""
-    original = torch.optim.Adam.step
-
-    def step(self, *args, **kwargs):
-        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
-        role = "G" if len(self.param_groups) > 1 or getattr(self, "_ctgan_role", "") == "G" else "D"
-        rows.append({"role": role, "norm": norm, "lr": self.param_groups[0]["lr"]})
-        return original(self, *args, **kwargs)
-
-    return original, step
+def total_norm(parameters) -> float:
+    """The L2 norm of all the gradients of ``parameters`` together (those that have one)."""
+    norms = [p.grad.norm() for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,37 +70,32 @@ def main(argv: list[str] | None = None) -> int:
     from ctgan import scale_trainer
     from ctgan.train import train_model
 
-    rows: list[dict] = []
-    scales: list[int] = []
+    rows: list[dict] = []  # one per Adam step, and one per clip (the norm before it)
+    scales: list[int] = []  # the scale each ScaleTrainer trains, in the order they start
     original_init = scale_trainer.ScaleTrainer.__init__
+    original_step = torch.optim.Adam.step
+    original_clip = torch.nn.utils.clip_grad_norm_
 
-    def init(self, context, state, seed):  # tag the optimisers and the scale they train
+    def init(self, context, state, seed):  # tag the generator's optimiser, note the scale
         original_init(self, context, state, seed)
         self.opt_g._ctgan_role = "G"
         scales.append(context.scale)
 
-    def clipped_norm(parameters, max_norm, *a, **k):  # the norm before the clip, then clip
+    def step(self, *args, **kwargs):
+        params = [p for group in self.param_groups for p in group["params"]]
+        role = getattr(self, "_ctgan_role", "D")
+        lr = self.param_groups[0]["lr"]
+        rows.append({"role": role, "norm": total_norm(params), "lr": lr, "scale": scales[-1]})
+        return original_step(self, *args, **kwargs)
+
+    def clip(parameters, max_norm, *args, **kwargs):
         parameters = list(parameters)
-        norm = float(
-            torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in parameters if p.grad is not None])
-            )
-        )
-        rows.append({"role": "G-before-clip", "norm": norm, "scale": scales[-1]})
-        return original_clip(parameters, max_norm, *a, **k)
+        rows.append({"role": "G-before-clip", "norm": total_norm(parameters), "scale": scales[-1]})
+        return original_clip(parameters, max_norm, *args, **kwargs)
 
-    original_clip = torch.nn.utils.clip_grad_norm_
-    torch.nn.utils.clip_grad_norm_ = clipped_norm
     scale_trainer.ScaleTrainer.__init__ = init
-    original_step, step = record_steps(rows)
-
-    def tagged_step(self, *a, **k):
-        rows_before = len(rows)
-        result = step(self, *a, **k)
-        rows[rows_before]["scale"] = scales[-1]
-        return result
-
-    torch.optim.Adam.step = tagged_step
+    torch.optim.Adam.step = step
+    torch.nn.utils.clip_grad_norm_ = clip
     name = f"{args.setting}-{args.precision}-clip{args.max_grad_norm:g}-seed{args.seed}"
     out_dir = args.models / f"gradient-norms-{name}"
     shutil.rmtree(out_dir, ignore_errors=True)  # a finished run there would not train again
