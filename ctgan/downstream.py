@@ -22,20 +22,29 @@ never seen by any arm, resized whole to the training shape as preprocessing resi
 training scan. Score: whole-volume Dice (probability >= 0.5, :func:`ctgan.segmenter.predict_volume`,
 as ``metrics/segmenter.json``'s ``dice_*_whole_volume``), per test scan, and their mean per run.
 The statistics and the verdict are :mod:`ctgan.downstream_stats`.
+
+Speed (no effect on what is measured, only on rounding): ``downstream.precision`` runs each
+segmenter's training and test under bf16 autocast (``auto``: where the device computes bf16
+natively, :func:`ctgan.layers.auto_precision`), and ``downstream.workers`` > 1 runs the runs in
+that many processes, the torch threads split between them (``docs/performance.md``).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ctgan.config import SegmenterConfig
+from ctgan.layers import auto_precision, bf16_autocast
 from ctgan.luna16 import Luna16Folder
 from ctgan.masks import lung_mask_dice, predict_masks
 from ctgan.preprocess import load_training_scan, resize_volume
@@ -195,22 +204,25 @@ def train_and_test(
     segmenter_cfg: SegmenterConfig,
     seed: int,
     device: str = "cpu",
+    precision: str = "float32",
 ) -> dict[str, Any]:
-    """Train one segmenter on ``train`` with ``seed`` and score it on ``test``: one run's row."""
+    """Train one segmenter on ``train`` with ``seed`` and score it on ``test``: one run's row.
+    ``precision`` ``bf16`` trains and tests under bf16 autocast (the weights stay float32)."""
     started = time.perf_counter()
-    model, _history, metrics = train_segmenter(
-        train.volumes,
-        train.lungs,
-        train.nodules,
-        test.volumes,
-        test.lungs,
-        test.nodules,
-        segmenter_cfg,
-        seed=seed,
-        device=device,
-        progress=False,
-    )
-    scores = test_dice(model, segmenter_cfg.crop_size, test)
+    with bf16_autocast(torch.device(device), precision == "bf16"):
+        model, _history, metrics = train_segmenter(
+            train.volumes,
+            train.lungs,
+            train.nodules,
+            test.volumes,
+            test.lungs,
+            test.nodules,
+            segmenter_cfg,
+            seed=seed,
+            device=device,
+            progress=False,
+        )
+        scores = test_dice(model, segmenter_cfg.crop_size, test)
     row: dict[str, Any] = {
         "train_volumes": len(train),
         "seconds": round(time.perf_counter() - started, 1),
@@ -221,6 +233,64 @@ def train_and_test(
         row[f"dice_{name}_per_scan"] = scores[name]
         row[f"dice_{name}"] = float(np.mean(defined)) if defined else None
     return row
+
+
+@dataclass
+class Run:
+    """One run of the test: ``generator`` (``-`` for the real arm), ``arm``, ``seed`` and the
+    set it trains on."""
+
+    generator: str
+    arm: str
+    seed: int
+    train: LabelledSet
+
+
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_all(
+    runs: Sequence[Run],
+    test: LabelledSet,
+    segmenter_cfg: SegmenterConfig,
+    device: str = "cpu",
+    precision: str = "float32",
+    workers: int = 1,
+    done: Callable[[Run, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`train_and_test` for every run, in order. ``workers`` > 1: in that many spawned
+    processes, each with ``torch.get_num_threads() // workers`` threads (at least 1); ``done`` is
+    called in this process as each run finishes (in the order they finish)."""
+    rows: list[dict[str, Any] | None] = [None] * len(runs)
+
+    def finished(index: int, row: dict[str, Any]) -> None:
+        rows[index] = row
+        if done is not None:
+            done(runs[index], row)
+
+    if workers <= 1 or len(runs) <= 1:
+        for index, run in enumerate(runs):
+            finished(
+                index, train_and_test(run.train, test, segmenter_cfg, run.seed, device, precision)
+            )
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(runs)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_set_threads,
+            initargs=(threads,),
+        ) as pool:
+            futures = {
+                pool.submit(
+                    train_and_test, run.train, test, segmenter_cfg, run.seed, device, precision
+                ): index
+                for index, run in enumerate(runs)
+            }
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    return [row for row in rows if row is not None]
 
 
 def run_downstream(
@@ -245,36 +315,17 @@ def run_downstream(
     shape = pyramid.volumes[-1].shape
     spacing = pyramid.spacings_zyx_mm[-1]
     test = held_out_scans(data_root, real.names[0], shape, down.test_scans, pyramid.anti_aliasing)
-    runs: list[dict[str, Any]] = []
     trust: dict[str, list[float]] = {name: [] for name in down.models}
     examples: dict[str, dict[str, np.ndarray]] = {}
-    total = down.seeds * (1 + 2 * len(down.models))
     started = time.perf_counter()
-
-    def record(generator: str, arm: str, seed: int, train: LabelledSet) -> None:
-        row = train_and_test(train, test, segmenter_cfg, seed, device)
-        runs.append({"generator": generator, "arm": arm, "seed": seed, **row})
-        log.info(
-            "downstream run %d/%d: %s, %s, seed %d: Dice lungs %s (%d training volumes, %.0f s; "
-            "%.0f s so far)",
-            len(runs),
-            total,
-            generator,
-            arm,
-            seed,
-            "n/a" if row["dice_lungs"] is None else f"{row['dice_lungs']:.3f}",
-            row["train_volumes"],
-            row["seconds"],
-            time.perf_counter() - started,
-        )
-
     seeds = range(down.seeds)
     drawn = {
         generator: generated_volumes(generator, models_dir, down.num_volumes, seeds, device)
         for generator in down.models
     }
+    planned: list[Run] = []
     for seed in seeds:
-        record("-", "real", seed, real)
+        planned.append(Run("-", "real", seed, real))
         for generator in down.models:
             volumes = drawn[generator][seed]
             names = [f"{generator} seed {seed} volume {i}" for i in range(len(volumes))]
@@ -282,8 +333,39 @@ def run_downstream(
             trust[generator] += agreement
             if generator not in examples:
                 examples[generator] = {"volume": volumes[0], "lungs": synthetic.lungs[0]}
-            record(generator, "real+synthetic", seed, real + synthetic)
-            record(generator, "synthetic", seed, synthetic)
+            planned.append(Run(generator, "real+synthetic", seed, real + synthetic))
+            planned.append(Run(generator, "synthetic", seed, synthetic))
+    precision = auto_precision(device) if down.precision == "auto" else down.precision
+    log.info(
+        "downstream: %d runs, %s, %d worker(s)",
+        len(planned),
+        precision,
+        min(down.workers, len(planned)),
+    )
+    count = 0
+
+    def done(run: Run, row: dict[str, Any]) -> None:
+        nonlocal count
+        count += 1
+        log.info(
+            "downstream run %d/%d: %s, %s, seed %d: Dice lungs %s (%d training volumes, %.0f s; "
+            "%.0f s so far)",
+            count,
+            len(planned),
+            run.generator,
+            run.arm,
+            run.seed,
+            "n/a" if row["dice_lungs"] is None else f"{row['dice_lungs']:.3f}",
+            row["train_volumes"],
+            row["seconds"],
+            time.perf_counter() - started,
+        )
+
+    rows = run_all(planned, test, segmenter_cfg, device, precision, down.workers, done)
+    runs = [
+        {"generator": run.generator, "arm": run.arm, "seed": run.seed, **row}
+        for run, row in zip(planned, rows, strict=True)
+    ]
     return {
         "training_scan": real.names[0],
         "test_scans": test.names,

@@ -330,6 +330,7 @@ class LossWeights:
 
 
 DOWNSTREAM_MODELS = (*SETTINGS, "gpnn")
+DOWNSTREAM_PRECISIONS = ("auto", "float32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -345,8 +346,11 @@ class DownstreamConfig:
     batch_size: int = 4
     lr: float = 1e-3
     test_scans: int = 8
+    precision: str = "float32"
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        _choice("downstream.precision", self.precision, DOWNSTREAM_PRECISIONS)
         if not self.models:
             raise ValueError(
                 f"downstream.models must be a non-empty list of {', '.join(DOWNSTREAM_MODELS)}; "
@@ -357,6 +361,14 @@ class DownstreamConfig:
         _at_least_one(
             "downstream",
             self,
-            ("num_volumes", "seeds", "iterations", "base_channels", "batch_size", "test_scans"),
+            (
+                "num_volumes",
+                "seeds",
+                "iterations",
+                "base_channels",
+                "batch_size",
+                "test_scans",
+                "workers",
+            ),
         )
         _positive("downstream.lr", self.lr)

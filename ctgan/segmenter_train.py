@@ -40,9 +40,9 @@ def dice_score(prediction: Array, target: Array, threshold: float = 0.5) -> floa
     structure (there is nothing to find: empty against empty would claim a perfect 1.0, a false
     positive a 0.0 that says nothing about finding it)."""
     if isinstance(prediction, torch.Tensor):
-        prediction = prediction.detach().cpu().numpy()
+        prediction = prediction.detach().float().cpu().numpy()
     if isinstance(target, torch.Tensor):
-        target = target.detach().cpu().numpy()
+        target = target.detach().float().cpu().numpy()
     prediction, target = np.asarray(prediction), np.asarray(target)
     if prediction.shape != target.shape:
         raise ValueError(

@@ -119,11 +119,25 @@ def test_config_round_trips_through_a_dict():
 
 
 @pytest.mark.parametrize(
-    ("profile", "num_volumes", "seeds", "iterations", "base_channels", "batch_size", "tests"),
-    [("smoke", 2, 2, 4, 4, 2, 1), ("cpu", 8, 5, 60, 8, 4, 3), ("paper", 16, 5, 1000, 16, 4, 8)],
+    (
+        "profile",
+        "num_volumes",
+        "seeds",
+        "iterations",
+        "base_channels",
+        "batch_size",
+        "tests",
+        "precision",
+        "workers",
+    ),
+    [
+        ("smoke", 2, 2, 4, 4, 2, 1, "float32", 1),
+        ("cpu", 8, 5, 60, 8, 4, 3, "auto", 2),
+        ("paper", 16, 5, 1000, 16, 4, 8, "float32", 1),
+    ],
 )
 def test_downstream_profile_values_resolve(
-    profile, num_volumes, seeds, iterations, base_channels, batch_size, tests
+    profile, num_volumes, seeds, iterations, base_channels, batch_size, tests, precision, workers
 ):
     down = load_config(ROOT / "params.yaml", profile=profile).downstream
     assert down == DownstreamConfig(
@@ -135,7 +149,21 @@ def test_downstream_profile_values_resolve(
         batch_size=batch_size,
         lr=0.001,
         test_scans=tests,
+        precision=precision,
+        workers=workers,
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("downstream.precision", "fp16", "downstream.precision must be one of auto, float32, bf16"),
+        ("downstream.workers", 0, "downstream.workers must be"),
+    ],
+)
+def test_downstream_speed_keys_are_checked(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config(params(**{key: value}))
 
 
 def test_downstream_top_level_overrides_the_profile():

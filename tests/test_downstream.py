@@ -14,8 +14,10 @@ from ctgan.config import SegmenterConfig
 from ctgan.downstream import (
     GPNN,
     LabelledSet,
+    Run,
     generated_volumes,
     held_out_scans,
+    run_all,
     train_and_test,
 )
 from ctgan.downstream_stats import (
@@ -207,6 +209,47 @@ def test_train_and_test_scores_every_held_out_scan():
     assert len(row["dice_lungs_per_scan"]) == 2
     assert 0 <= row["dice_lungs"] <= 1
     assert row["dice_nodules"] is None  # no nodule voxel in the held-out scans
+
+
+def test_train_and_test_in_bf16_scores_every_held_out_scan():
+    """bf16 autocast: the probabilities come out in bf16, and the Dice still reads them."""
+    cfg = SegmenterConfig(crop_size=(4, 8, 8), base_channels=2, iterations=2, batch_size=2, lr=1e-3)
+    row = train_and_test(_blob_set(2, 0), _blob_set(2, 1), cfg, seed=0, precision="bf16")
+    assert len(row["dice_lungs_per_scan"]) == 2
+    assert 0 <= row["dice_lungs"] <= 1
+
+
+def _planned_runs() -> list[Run]:
+    return [Run("-", "real", seed, _blob_set(2, seed)) for seed in range(3)]
+
+
+@pytest.mark.slow  # two spawned processes import torch
+def test_runs_in_worker_processes_equal_the_runs_in_this_one():
+    """Workers change where a run happens, not its result: 2 processes x 1 thread give the rows
+    of 1 thread here, in the planned order, and report every run as it ends."""
+    import torch
+
+    cfg = SegmenterConfig(crop_size=(4, 8, 8), base_channels=2, iterations=3, batch_size=2, lr=1e-3)
+    test = _blob_set(2, 9)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = run_all(_planned_runs(), test, cfg, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    seen: list[int] = []
+    torch.set_num_threads(2)  # 2 workers: 1 thread each
+    try:
+        there = run_all(
+            _planned_runs(), test, cfg, workers=2, done=lambda run, row: seen.append(run.seed)
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(seen) == [0, 1, 2]
+    drop = ("seconds", "train_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in there] == [
+        {k: v for k, v in r.items() if k not in drop} for r in here
+    ]
 
 
 def test_report_section_says_when_the_test_is_missing(tmp_path):
