@@ -34,6 +34,7 @@ depends only on the seed and *i*, on CPU and GPU alike.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -103,7 +104,6 @@ def fold_patches(patches: torch.Tensor, shape: tuple[int, int, int], patch: Patc
     grid = (depth - pz + 1, height - py + 1, width - px + 1)
     windows = patches.reshape(*grid, pz, py, px)
     total = torch.zeros(shape, dtype=patches.dtype, device=patches.device)
-    count = torch.zeros(shape, dtype=patches.dtype, device=patches.device)
     for dz in range(pz):  # add each patch offset as one shifted slab (pz * py * px slab adds)
         for dy in range(py):
             for dx in range(px):
@@ -113,8 +113,22 @@ def fold_patches(patches: torch.Tensor, shape: tuple[int, int, int], patch: Patc
                     slice(dx, dx + grid[2]),
                 )
                 total[region] += windows[:, :, :, dz, dy, dx]
-                count[region] += 1
-    return total / count
+    return total / _patch_count(tuple(shape), patch, patches.dtype, patches.device)
+
+
+@functools.lru_cache(maxsize=32)
+def _patch_count(
+    shape: tuple[int, int, int], patch: Patch, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """How many patches cover each voxel of a ``shape`` volume: along an axis of n voxels and
+    patch p, min(i + 1, n - i, p, n - p + 1) at voxel i; their product, computed once per shape."""
+    counts = []
+    for n, p in zip(shape, patch, strict=True):
+        index = torch.arange(n)
+        counts.append(torch.minimum(index + 1, n - index).clamp(max=min(p, n - p + 1)))
+    return (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]).to(
+        dtype=dtype, device=device
+    )
 
 
 def nearest_keys(
