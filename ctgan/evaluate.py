@@ -115,6 +115,7 @@ def _evaluate_trained(
     seed: int,
     device: str,
     progress: bool,
+    layout_cache: str | Path | None = None,
 ) -> tuple[dict[str, dict[str, float]], MetricInputs]:
     """``evaluate_trained``'s metrics and the inputs they were computed on (the samples and the
     reconstruction, which the evaluate notebook's figures show without drawing them again)."""
@@ -137,6 +138,7 @@ def _evaluate_trained(
         device=device,
         progress=progress,
         precision="float32",
+        layout_cache=layout_cache,
     )  # (K, D, H, W)
     inputs = MetricInputs(
         real=np.asarray(real, dtype=np.float32),
@@ -232,10 +234,13 @@ def evaluate_model_samples(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    layout_cache: str | Path | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """``evaluate_model``'s result with the first seed's K samples ``(K, D, H, W)`` and its
     reconstruction ``(D, H, W)``, in [-1, 1]: the very volumes the metrics scored (float32,
-    ``seed``), for the figures (as ``ctgan.baseline.evaluate_gpnn`` returns the GPNN's)."""
+    ``seed``), for the figures (as ``ctgan.baseline.evaluate_gpnn`` returns the GPNN's).
+    ``layout_cache``: a folder that keeps the samples' GPNN layouts for the other settings'
+    evaluations (``ctgan.sample_start.gpnn_layouts``; the same volumes either way)."""
     folders = seed_folders(model_dir)
     real = np.asarray(pyramid.volumes[-1], dtype=np.float32)
     spacing = tuple(float(v) for v in pyramid.spacings_zyx_mm[-1])
@@ -255,6 +260,7 @@ def evaluate_model_samples(
             seed,
             device,
             progress,
+            layout_cache,
         )
         per_seed.append(metrics)
         if first is None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -262,6 +263,7 @@ def sample_volumes(
     progress: bool = True,
     precision: str = "auto",
     start_scale: int | None = None,
+    layout_cache: str | Path | None = None,
 ) -> np.ndarray:
     """``n`` random volumes ``(n, D, H, W)`` float32 in [-1, 1], from fresh noise at every level.
 
@@ -274,7 +276,8 @@ def sample_volumes(
     ``scale`` = per-axis size factor (z, y, x) applied to the noise maps of every level (checked
     before any work, see :func:`scaled_shapes`). The same ``seed`` gives identical volumes, and
     volume ``i`` does not depend on ``batch_size`` or ``n``. ``device=None`` runs where the
-    generator is. ``precision``: auto | float32 | bf16 (module docstring).
+    generator is. ``precision``: auto | float32 | bf16 (module docstring). ``layout_cache``: a
+    folder that keeps GPNN layouts for reuse (``ctgan.sample_start.gpnn_layouts``).
     """
     _check_count("n", n)
     _check_count("batch_size", batch_size)
@@ -295,7 +298,7 @@ def sample_volumes(
     )
     if start == 0:
         return _run_batches(model, noises, batch_size, device, progress, precision)
-    volume = start_volumes(model, start, n, seed).to(dtype=dtype)
+    volume = start_volumes(model, start, n, seed, layout_cache).to(dtype=dtype)
     return _run_batches(model, noises, batch_size, device, progress, precision, start, volume)
 
 

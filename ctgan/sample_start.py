@@ -19,6 +19,13 @@ k - 1 with fresh noise, and ``train.sample_start_source`` says which volume:
   The GPNN search uses the model's ``gpnn`` section (patch size, iterations, alpha, search
   radius). Layout *i* depends only on the sampling seed and *i*.
 
+  A ``layout_cache`` folder (the pipeline's evaluate stages pass ``.cache/gpnn-layouts``) keeps
+  each set of layouts it computes under a key of everything that decides them: the volumes, the
+  count, the seed, every GPNN option, the source of this module and of ``ctgan.gpnn``, the torch
+  version and the CPU's vector ISA. The 3D settings share one training pyramid and the
+  cpu profile's start keys, so their evaluations draw the same K layouts; the first computes
+  them, the others read them back (the same arrays, bit for bit).
+
 ``train.sample_noise_factor`` scales the noise amplitudes of the levels at and above the start
 (at least level 1): the trained amplitudes at 1.0; less noise gives more faithful intensities and
 less variation (``docs/realism.md`` §2, §7).
@@ -30,13 +37,19 @@ Injection (``ctgan.sample.inject``) starts from a volume the caller gives, at
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
+from ctgan import gpnn
 from ctgan.gpnn import generate_gpnn, gpnn_options
+from ctgan.io import atomic_write
 
 if TYPE_CHECKING:
     from ctgan.checkpoint import TrainedModel
@@ -150,32 +163,63 @@ def sampling_recipe(model: TrainedModel, start: int) -> str:
     return f"{text}, noise x{train.sample_noise_factor:g}"
 
 
-def gpnn_layouts(model: TrainedModel, start: int, n: int, seed: int) -> torch.Tensor:
+def gpnn_layouts(
+    model: TrainedModel, start: int, n: int, seed: int, layout_cache: str | Path | None = None
+) -> torch.Tensor:
     """``n`` GPNN samples of the training pyramid's scales 0 .. ``start`` - 1: float32
-    ``(n, 1, D, H, W)`` at scale ``start - 1``, in [-1, 1] (module docstring)."""
+    ``(n, 1, D, H, W)`` at scale ``start - 1``, in [-1, 1] (module docstring), read from or kept
+    in ``layout_cache`` when given."""
     assert model.real_volumes is not None and start >= 1
     options = gpnn_options(model.config.gpnn)
     # the layout's last scale is not the finest, and it starts at the pyramid's coarsest
     options.update(finest_iterations=options["iterations"], start_scale=0)
-    layouts = generate_gpnn(
-        model.real_volumes[:start],
-        n,
-        seed=seed,
-        noise_sd=model.config.train.sample_start_noise_sd,
-        zoom_sd=model.config.train.sample_start_zoom_sd,
-        shift_sd=model.config.train.sample_start_shift_sd,
-        max_correlation=model.config.train.sample_start_max_correlation,
+    train = model.config.train
+    kwargs = {
+        "seed": seed,
+        "noise_sd": train.sample_start_noise_sd,
+        "zoom_sd": train.sample_start_zoom_sd,
+        "shift_sd": train.sample_start_shift_sd,
+        "max_correlation": train.sample_start_max_correlation,
         **options,
-    )
+    }
+    volumes = model.real_volumes[:start]
+    path = None
+    if layout_cache is not None:
+        path = Path(layout_cache) / f"{_layout_key(volumes, n, kwargs)}.npy"
+        if path.is_file():
+            log.info("%d GPNN layout(s) read from %s", n, path)
+            return torch.from_numpy(np.load(path))[:, None]
+    layouts = generate_gpnn(volumes, n, **kwargs)
+    if path is not None:
+        with atomic_write(path) as tmp:
+            np.save(tmp, layouts)
     return torch.from_numpy(layouts)[:, None]
 
 
-def start_volumes(model: TrainedModel, start: int, n: int, seed: int) -> torch.Tensor:
+def _layout_key(volumes: Sequence[Any], n: int, kwargs: dict[str, Any]) -> str:
+    """A digest of everything that decides a set of layouts (module docstring)."""
+    digest = hashlib.sha256()
+    for volume in volumes:
+        array = np.ascontiguousarray(volume, dtype=np.float32)
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    settings = {"n": n, **{k: str(v) for k, v in kwargs.items()}}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for module in (gpnn.__file__, __file__):
+        digest.update(Path(module).read_bytes())
+    digest.update(f"{torch.__version__} {torch.backends.cpu.get_cpu_capability()}".encode())
+    return digest.hexdigest()[:32]
+
+
+def start_volumes(
+    model: TrainedModel, start: int, n: int, seed: int, layout_cache: str | Path | None = None
+) -> torch.Tensor:
     """The volumes ``n`` random samples from scale ``start`` >= 1 start from, float32: ``(1, 1,
-    D, H, W)`` (the real volume, shared) or ``(n, 1, D, H, W)`` (one GPNN layout per sample)."""
+    D, H, W)`` (the real volume, shared) or ``(n, 1, D, H, W)`` (one GPNN layout per sample,
+    :func:`gpnn_layouts`)."""
     assert model.real_volumes is not None
     source = model.config.train.sample_start_source
     if source == "gpnn":
         log.debug("sampling from %d GPNN layout(s) of scales 0..%d", n, start - 1)
-        return gpnn_layouts(model, start, n, seed)
+        return gpnn_layouts(model, start, n, seed, layout_cache)
     return torch.as_tensor(model.real_volumes[start - 1], dtype=torch.float32)[None, None]

@@ -245,6 +245,35 @@ def test_gpnn_layouts_are_the_real_volume_when_their_noise_vanishes():
     np.testing.assert_array_equal(real_start[0, 0].numpy(), real.numpy())
 
 
+def test_layout_cache_gives_the_same_layouts_and_keys_what_decides_them(tmp_path, monkeypatch):
+    model = with_source(with_start(make_model("3d-B"), 1), "gpnn")
+    fresh = sample_start.gpnn_layouts(model, 1, 2, seed=3)
+    kept = sample_start.gpnn_layouts(model, 1, 2, seed=3, layout_cache=tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    calls = []
+    real_generate = sample_start.generate_gpnn
+    monkeypatch.setattr(
+        sample_start, "generate_gpnn", lambda *a, **k: calls.append(k) or real_generate(*a, **k)
+    )
+    again = sample_start.gpnn_layouts(model, 1, 2, seed=3, layout_cache=tmp_path)
+    assert calls == []  # read back, not computed
+    assert torch.equal(fresh, kept) and torch.equal(kept, again)
+    via_samples = sample.sample_volumes(
+        model, 2, seed=3, progress=False, precision="float32", layout_cache=tmp_path
+    )
+    assert calls == []
+    np.testing.assert_array_equal(
+        via_samples, sample.sample_volumes(model, 2, seed=3, progress=False, precision="float32")
+    )
+    calls.clear()
+    # another seed, count or start key is another entry, computed
+    sample_start.gpnn_layouts(model, 1, 2, seed=4, layout_cache=tmp_path)
+    sample_start.gpnn_layouts(model, 1, 3, seed=3, layout_cache=tmp_path)
+    with_source(model, "gpnn", noise_sd=2.0)
+    sample_start.gpnn_layouts(model, 1, 2, seed=3, layout_cache=tmp_path)
+    assert len(calls) == 3 and len(list(tmp_path.glob("*.npy"))) == 4
+
+
 def test_config_rejects_bad_start_sources():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["profile"] = "smoke"
