@@ -260,8 +260,10 @@ def run_all(
     done: Callable[[Run, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`train_and_test` for every run, in order. ``workers`` > 1: in that many spawned
-    processes, each with ``torch.get_num_threads() // workers`` threads (at least 1); ``done`` is
-    called in this process as each run finishes (in the order they finish)."""
+    processes, each with ``torch.get_num_threads() // workers`` threads (at least 1); a script
+    that calls this (or :func:`run_downstream`) with more than one worker needs an
+    ``if __name__ == "__main__":`` guard, as any spawned process pool (a notebook does not).
+    ``done`` is called in this process as each run finishes (in the order they finish)."""
     rows: list[dict[str, Any] | None] = [None] * len(runs)
 
     def finished(index: int, row: dict[str, Any]) -> None:

@@ -191,8 +191,11 @@ def gpnn_layouts(
             return torch.from_numpy(np.load(path))[:, None]
     layouts = generate_gpnn(volumes, n, **kwargs)
     if path is not None:
-        with atomic_write(path) as tmp:
-            np.save(tmp, layouts)
+        try:
+            with atomic_write(path) as tmp:
+                np.save(tmp, layouts)
+        except OSError as err:  # a cache that cannot be written costs time, not the result
+            log.warning("could not keep the GPNN layouts in %s (%s); computed them", path, err)
     return torch.from_numpy(layouts)[:, None]
 
 
