@@ -187,8 +187,13 @@ def gpnn_layouts(
     if layout_cache is not None:
         path = Path(layout_cache) / f"{_layout_key(volumes, n, kwargs)}.npy"
         if path.is_file():
-            log.info("%d GPNN layout(s) read from %s", n, path)
-            return torch.from_numpy(np.load(path))[:, None]
+            try:
+                layouts = np.load(path)
+            except (OSError, ValueError) as err:  # damaged: compute them again, and replace it
+                log.warning("ignoring the unreadable GPNN layout cache file %s (%s)", path, err)
+            else:
+                log.info("%d GPNN layout(s) read from %s", n, path)
+                return torch.from_numpy(layouts)[:, None]
     layouts = generate_gpnn(volumes, n, **kwargs)
     if path is not None:
         try:

@@ -272,6 +272,13 @@ def test_layout_cache_gives_the_same_layouts_and_keys_what_decides_them(tmp_path
     with_source(model, "gpnn", noise_sd=2.0)
     sample_start.gpnn_layouts(model, 1, 2, seed=3, layout_cache=tmp_path)
     assert len(calls) == 3 and len(list(tmp_path.glob("*.npy"))) == 4
+    # a damaged entry is computed again and replaced, not an error
+    with_source(model, "gpnn", noise_sd=2.5)
+    entry = next(p for p in tmp_path.glob("*.npy") if np.array_equal(np.load(p), kept[:, 0]))
+    entry.write_bytes(b"not a numpy file")
+    repaired = sample_start.gpnn_layouts(model, 1, 2, seed=3, layout_cache=tmp_path)
+    assert len(calls) == 4 and torch.equal(repaired, fresh)
+    np.testing.assert_array_equal(np.load(entry), fresh[:, 0].numpy())
 
 
 def test_config_rejects_bad_start_sources():
