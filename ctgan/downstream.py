@@ -45,10 +45,11 @@ import numpy as np
 import torch
 
 from ctgan.config import SegmenterConfig
-from ctgan.layers import auto_precision, bf16_autocast
+from ctgan.layers import bf16_autocast
 from ctgan.luna16 import Luna16Folder
 from ctgan.masks import lung_mask_dice, predict_masks
 from ctgan.preprocess import load_training_scan, resize_volume
+from ctgan.sample import resolve_precision
 from ctgan.segmenter import Segmenter, predict_volume
 from ctgan.segmenter_train import dice_score, train_segmenter
 
@@ -343,7 +344,7 @@ def run_downstream(
                 examples[generator] = {"volume": volumes[0], "lungs": synthetic.lungs[0]}
             planned.append(Run(generator, "real+synthetic", seed, real + synthetic))
             planned.append(Run(generator, "synthetic", seed, synthetic))
-    precision = auto_precision(device) if down.precision == "auto" else down.precision
+    precision = resolve_precision(down.precision, device)
     log.info(
         "downstream: %d runs, %s, %d worker(s)",
         len(planned),
